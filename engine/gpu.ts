@@ -1,0 +1,61 @@
+// Acquires the WebGPU adapter and device once per process, with the largest limits the adapter
+// allows, because the defaults (128 MiB bindings, 8 storage buffers) are lower than what models need.
+
+export class NoAdapterError extends Error {
+  constructor() {
+    super(
+      "No WebGPU adapter found. Install a GPU driver, or Mesa's software drivers for the CPU " +
+        "(Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libgl1-mesa-dri`), then check with " +
+        "`deno eval 'console.log(await navigator.gpu.requestAdapter())'`.",
+    );
+    this.name = "NoAdapterError";
+  }
+}
+
+export interface GpuContext {
+  device: GPUDevice;
+  adapterDescription: string;
+  hasF16: boolean;
+  // Largest byte size one storage binding may have. The environment variable
+  // CLIP_CAPTIONER_MAX_BINDING lowers it so tests can force tensor splitting on small models.
+  maxBindingBytes: number;
+}
+
+let context: Promise<GpuContext> | null = null;
+
+export function getGpu(): Promise<GpuContext> {
+  if (!context) context = createContext();
+  return context;
+}
+
+async function createContext(): Promise<GpuContext> {
+  if (!("gpu" in navigator) || !navigator.gpu) throw new NoAdapterError();
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new NoAdapterError();
+
+  const limits = adapter.limits;
+  const hasF16 = adapter.features.has("shader-f16");
+  const device = await adapter.requestDevice({
+    requiredFeatures: hasF16 ? ["shader-f16"] : [],
+    requiredLimits: {
+      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+      maxBufferSize: limits.maxBufferSize,
+      maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: limits.maxComputeWorkgroupSizeY,
+    },
+  });
+
+  const forced = Number(Deno.env.get("CLIP_CAPTIONER_MAX_BINDING") ?? "0");
+  let maxBindingBytes = limits.maxStorageBufferBindingSize;
+  if (forced > 0) maxBindingBytes = Math.min(maxBindingBytes, forced);
+
+  return {
+    device,
+    adapterDescription: adapter.info?.description || adapter.info?.vendor || "unknown adapter",
+    hasF16,
+    maxBindingBytes,
+  };
+}
