@@ -2,10 +2,10 @@
  * Atomic file replacement: write to a temporary file in the target's directory, fsync it,
  * rename it over the target, then fsync the directory.
  *
- * On POSIX file systems `rename` replaces the target in one step, so a reader (or a process that
- * restarts after a crash) sees either the old complete file or the new complete file. The fsync
- * calls order the data before the rename, so a power loss cannot leave the new name pointing at
- * unwritten blocks either.
+ * On POSIX file systems `rename` replaces the target in one step. A reader, or a process that
+ * restarts after a crash, therefore finds either the old complete file or the new complete file.
+ * The fsync before the rename makes the data durable first, so after a power loss the new name
+ * does not point at unwritten blocks.
  *
  * A writer that is killed before the rename leaves its temporary file behind. Temporary names
  * have the form `<target>.<pid>-<random>.tmp`, so they never collide between concurrent writers
@@ -99,9 +99,9 @@ async function copyModeIfExists(fromPath: string, toPath: string): Promise<void>
 }
 
 /**
- * Fsyncs a directory so that a rename inside it survives a power loss. Platforms that cannot
- * open a directory as a file (Windows) skip this step, which only weakens the power-loss
- * guarantee there: the rename itself is still atomic for processes that are killed.
+ * Fsyncs a directory so that a rename inside it survives a power loss. Where a directory cannot
+ * be opened or fsynced, the step is skipped. That weakens only the power-loss guarantee, because
+ * the rename is still atomic for processes that are killed.
  */
 async function syncDirectory(directory: string): Promise<void> {
   let handle: Deno.FsFile;

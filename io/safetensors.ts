@@ -7,9 +7,9 @@
  * the start of the data section, and may contain a `__metadata__` object of string values.
  * Tensor data is row-major and little-endian.
  *
- * Reading never loads the whole file: `SafetensorsFile.open` reads only the length prefix and
- * the header, validates every tensor entry against the file size, and each later read fetches
- * only the bytes of one tensor (or a range of its rows) with positioned reads.
+ * Reading never loads the whole file. `SafetensorsFile.open` reads only the length prefix and
+ * the header and validates every tensor entry against the file size. Each later read fetches
+ * only the bytes of one tensor, or of a range of its rows, with positioned reads.
  */
 
 import { dirname, isAbsolute, join } from "node:path";
@@ -155,7 +155,7 @@ function f32BitsToF16Bits(bits: number): number {
   return sign | result;
 }
 
-/** Converts float16 bits to float32 bits exactly; NaN payloads are kept. */
+/** Converts float16 bits to float32 bits exactly, keeping NaN payloads. */
 function f16BitsToF32Bits(half: number): number {
   const sign = (half & 0x8000) << 16;
   const exponent = (half >>> 10) & 0x1f;
@@ -186,7 +186,9 @@ function f16Table(): Uint32Array {
 
 function checkOutputLength(what: string, required: number, available: number): void {
   if (available < required) {
-    throw new RangeError(`${what}: output holds ${available} elements but ${required} are needed`);
+    throw new RangeError(
+      `${what}: output has room for ${available} elements but ${required} are required`,
+    );
   }
 }
 
@@ -224,8 +226,10 @@ export function f32ToBf16(
   for (let i = 0; i < bits.length; i++) {
     const value = bits[i];
     if ((value & 0x7fffffff) > 0x7f800000) {
-      // Rounding a NaN could carry into infinity, so truncate it and force the quiet bit.
-      out[i] = (value >>> 16) | 0x40;
+      // Rounding a NaN could carry it into infinity, so NaNs are truncated. A payload that lived
+      // only in the dropped bits gets the quiet bit, so the result stays NaN.
+      const truncated = value >>> 16;
+      out[i] = (truncated & 0x7f) === 0 ? truncated | 0x40 : truncated;
     } else {
       out[i] = (value + 0x7fff + ((value >>> 16) & 1)) >>> 16;
     }
@@ -272,7 +276,7 @@ interface ParsedHeader {
 
 /**
  * Parses and validates a header. `dataStart` is the absolute position of the data section and
- * `fileSize` the size of the whole file; every tensor must lie inside the data section, match its
+ * `fileSize` the size of the whole file. Every tensor must lie inside the data section, match its
  * shape and dtype in size, and not overlap another tensor.
  */
 function parseHeader(
@@ -386,7 +390,7 @@ function parseTensorEntry(
   }
   if (end > dataByteLength) {
     throw new SafetensorsError(
-      `${where} has data_offsets [${begin}, ${end}] but the data section holds only ` +
+      `${where} has data_offsets [${begin}, ${end}] but the data section is only ` +
         `${dataByteLength} bytes (file size ${fileSize}); ${CORRUPT_ADVICE}`,
     );
   }
@@ -570,7 +574,7 @@ export class SafetensorsFile {
     if (out.length < span.elementCount) {
       throw new SafetensorsError(
         `${this.path}: tensor "${name}" needs ${span.elementCount} elements but the output ` +
-          `array holds ${out.length}`,
+          `array has room for ${out.length}`,
       );
     }
     const result = out.length === span.elementCount ? out : out.subarray(0, span.elementCount);
@@ -945,9 +949,9 @@ export class Checkpoint {
   }
 
   /**
-   * Yields tensors as float32 one at a time, reading each only when the consumer asks for it, so
-   * at most one tensor is in flight beyond what the consumer keeps. Defaults to all tensors in
-   * storage order.
+   * Yields tensors as float32 one at a time. Each tensor is read only when the consumer requests
+   * the next one, so at most one tensor is in flight beyond what the consumer keeps. Defaults to
+   * all tensors in storage order.
    */
   async *iterateTensors(
     names: Iterable<string> = this.names,
@@ -1078,14 +1082,14 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
-/** Opens a checkpoint; see `Checkpoint.open`. */
+/** Opens a checkpoint, like `Checkpoint.open`. */
 export function openCheckpoint(path: string, options?: OpenOptions): Promise<Checkpoint> {
   return Checkpoint.open(path, options);
 }
 
 /**
  * Loads every tensor of a checkpoint as float32, reading tensor by tensor so that peak memory
- * stays close to the size of the result. Integer tensors are rejected; open the checkpoint with
+ * stays close to the size of the result. Integer tensors are rejected. Open the checkpoint with
  * `openCheckpoint` to read them with `readInt32`.
  */
 export async function loadSafetensorsDir(
@@ -1126,13 +1130,13 @@ export interface TensorToWrite {
   /**
    * Values in row-major order. A `Uint8Array` is taken as the stored bytes of any dtype. A
    * `Float32Array` is rounded (to nearest, ties to even) for F16 and BF16. Otherwise the array
-   * type must match the dtype: `Uint16Array` holds F16, BF16 or U16 bits, `Int32Array` I32, and
+   * type must match the dtype: `Uint16Array` contains F16, BF16 or U16 bits, `Int32Array` I32, and
    * so on.
    */
   data: TensorData | (() => TensorData | Promise<TensorData>);
 }
 
-const NATIVE_DTYPES = new Map<Function, readonly Dtype[]>([
+const NATIVE_DTYPES = new Map<unknown, readonly Dtype[]>([
   [Float32Array, ["F32"]],
   [Float64Array, ["F64"]],
   [Uint16Array, ["F16", "BF16", "U16"]],
@@ -1221,8 +1225,11 @@ function planLayout(path: string, tensors: TensorToWrite[]): PlannedTensor[] {
   return plan;
 }
 
+/** Compares by UTF-16 code unit, unlike `localeCompare`, so the order is the same everywhere. */
 function compareStrings(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+  if (a < b) return -1;
+  if (a > b) return 1;
+  return 0;
 }
 
 /** Builds the 8-byte length prefix and the space-padded JSON header with sorted keys. */
