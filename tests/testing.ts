@@ -45,9 +45,10 @@ export function assertClose(
   for (let i = 0; i < actual.length; i++) {
     const a = actual[i];
     const e = expected[i];
-    if (!Number.isFinite(a) && !(Number.isNaN(e) && Number.isNaN(a)) && a !== e) {
+    if (Number.isNaN(a) !== Number.isNaN(e) || (!Number.isFinite(a) && !Number.isNaN(a) && a !== e)) {
       throw new Error(`${label}: element ${i} is ${a}, expected ${e}`);
     }
+    if (Number.isNaN(a)) continue;
     const diff = Math.abs(a - e);
     const excess = diff - (atol + rtol * Math.abs(e));
     if (diff > maxAbs) maxAbs = diff;
