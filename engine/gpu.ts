@@ -16,6 +16,7 @@ export interface GpuContext {
   device: GPUDevice;
   adapterDescription: string;
   hasF16: boolean;
+  hasTimestamps: boolean;
   // Largest byte size one storage binding may have. The environment variable
   // CLIP_CAPTIONER_MAX_BINDING lowers it so tests can force tensor splitting on small models.
   maxBindingBytes: number;
@@ -35,8 +36,12 @@ async function createContext(): Promise<GpuContext> {
 
   const limits = adapter.limits;
   const hasF16 = adapter.features.has("shader-f16");
+  const hasTimestamps = adapter.features.has("timestamp-query");
+  const features: GPUFeatureName[] = [];
+  if (hasF16) features.push("shader-f16");
+  if (hasTimestamps) features.push("timestamp-query");
   const device = await adapter.requestDevice({
-    requiredFeatures: hasF16 ? ["shader-f16"] : [],
+    requiredFeatures: features,
     requiredLimits: {
       maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
       maxBufferSize: limits.maxBufferSize,
@@ -56,6 +61,7 @@ async function createContext(): Promise<GpuContext> {
     device,
     adapterDescription: adapter.info?.description || adapter.info?.vendor || "unknown adapter",
     hasF16,
+    hasTimestamps,
     maxBindingBytes,
   };
 }

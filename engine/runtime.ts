@@ -44,6 +44,11 @@ export class Runtime {
   readonly gpu: GpuContext;
   dispatchCount = 0;
   submitCount = 0;
+  // Per-kernel GPU time from timestamp queries when CLIP_CAPTIONER_PROFILE=1 (see profileReport).
+  readonly profiling: boolean;
+  private profileQueries: GPUQuerySet | null = null;
+  private profileLabels: string[] = [];
+  private profileTotals = new Map<string, { ns: number; calls: number }>();
 
   private shaderSources = new Map<string, string>();
   private kernels = new Map<string, Kernel>();
@@ -58,6 +63,7 @@ export class Runtime {
   constructor(gpu: GpuContext) {
     this.gpu = gpu;
     this.device = gpu.device;
+    this.profiling = Deno.env.get("CLIP_CAPTIONER_PROFILE") === "1" && gpu.hasTimestamps;
     this.device.addEventListener("uncapturederror", (event) => {
       const error = (event as GPUUncapturedErrorEvent).error;
       if (!this.pendingError) this.pendingError = error;
@@ -126,6 +132,10 @@ export class Runtime {
       throw new Error(`${kernel.label}: dispatch of ${x}x${y}x${z} workgroups exceeds the adapter limit of ${maxGroups} per dimension`);
     }
 
+    if (this.profiling) {
+      this.profiledDispatch(kernel, bindGroup, x, y, z);
+      return;
+    }
     if (!this.pass) {
       this.encoder ??= this.device.createCommandEncoder();
       this.pass = this.encoder.beginComputePass();
@@ -175,6 +185,59 @@ export class Runtime {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.throwPendingError();
+  }
+
+  // Each profiled dispatch gets its own pass with timestamps at its start and end.
+  private profiledDispatch(kernel: Kernel, bindGroup: GPUBindGroup, x: number, y: number, z: number): void {
+    const capacity = 4096;
+    this.profileQueries ??= this.device.createQuerySet({ type: "timestamp", count: capacity });
+    if (this.profileLabels.length * 2 >= capacity) this.collectProfile();
+    const index = this.profileLabels.length * 2;
+    this.endPass();
+    this.encoder ??= this.device.createCommandEncoder();
+    const pass = this.encoder.beginComputePass({
+      timestampWrites: { querySet: this.profileQueries, beginningOfPassWriteIndex: index, endOfPassWriteIndex: index + 1 },
+    });
+    pass.setPipeline(kernel.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+    this.profileLabels.push(kernel.label);
+    this.dispatchCount++;
+  }
+
+  // Resolves the pending timestamps into the per-kernel totals. Synchronous: it waits with a
+  // blocking map, which profiling accepts in exchange for exact per-dispatch attribution.
+  private collectProfile(): void {
+    if (!this.profileQueries || this.profileLabels.length === 0) return;
+    const count = this.profileLabels.length * 2;
+    this.encoder ??= this.device.createCommandEncoder();
+    const resolved = this.device.createBuffer({ size: count * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    this.encoder.resolveQuerySet(this.profileQueries, 0, count, resolved, 0);
+    this.pendingProfiles.push({ buffer: resolved, labels: this.profileLabels });
+    this.profileLabels = [];
+  }
+
+  private pendingProfiles: { buffer: GPUBuffer; labels: string[] }[] = [];
+
+  // Per-kernel GPU time in milliseconds since the last report, slowest first.
+  async profileReport(): Promise<{ kernel: string; ms: number; calls: number }[]> {
+    this.collectProfile();
+    this.flush();
+    for (const { buffer, labels } of this.pendingProfiles) {
+      const data = new BigUint64Array(await this.read(buffer));
+      labels.forEach((label, i) => {
+        const entry = this.profileTotals.get(label) ?? { ns: 0, calls: 0 };
+        entry.ns += Number(data[2 * i + 1] - data[2 * i]);
+        entry.calls++;
+        this.profileTotals.set(label, entry);
+      });
+      buffer.destroy();
+    }
+    this.pendingProfiles = [];
+    const report = [...this.profileTotals].map(([kernel, e]) => ({ kernel, ms: e.ns / 1e6, calls: e.calls }));
+    this.profileTotals.clear();
+    return report.sort((a, b) => b.ms - a.ms);
   }
 
   // Forgets bind groups that name a buffer about to be destroyed.

@@ -3,10 +3,13 @@
 // op(A) is M x K, op(B) is K x N, all row-major; TRANS_A means A is stored K x M and TRANS_B
 // means B is stored N x K (the PyTorch nn.Linear weight layout). A batch stride of 0 reuses one
 // matrix for every batch entry (a weight shared by all sequences).
-// Each workgroup computes a TILE_M x TILE_N block of C, staging TILE_K-wide slices of A and B
-// in workgroup memory; each thread accumulates a THREAD_M x THREAD_N register block in f32.
-// Injected by kernels/matmul.ts: TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, TRANS_A, TRANS_B,
-// HAS_BIAS, ACCUMULATE.
+//
+// Each workgroup computes a TILE_M x TILE_N block of C, staging TILE_K-deep slices of A and B in
+// workgroup memory as vec4s: A transposed (k-major, 4 rows per vec4) and B k-major (4 columns per
+// vec4). Each thread owns a 4 x 4 block of C, one vec4 accumulator per row, so the inner loop is
+// two vec4 loads and four vec4 FMAs; vector loads are what make this fast on CPU adapters.
+// Global loads stay scalar and bounds-checked, so any shape and either transpose work.
+// Injected by kernels/matmul.ts: TILE_M, TILE_N, TILE_K, TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE.
 
 struct Params {
   M: u32,
@@ -25,12 +28,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-const THREADS_X: u32 = TILE_N / THREAD_N;
-const THREADS_Y: u32 = TILE_M / THREAD_M;
+const THREADS_X: u32 = TILE_N / 4u;
+const THREADS_Y: u32 = TILE_M / 4u;
 const THREADS: u32 = THREADS_X * THREADS_Y;
+const ROW_VECS: u32 = TILE_M / 4u;
+const COL_VECS: u32 = TILE_N / 4u;
 
-var<workgroup> tile_a: array<f32, TILE_M * TILE_K>; // [m][k]
-var<workgroup> tile_b: array<f32, TILE_K * TILE_N>; // [k][n]
+var<workgroup> tile_a: array<vec4f, TILE_K * ROW_VECS>; // [k][m / 4]
+var<workgroup> tile_b: array<vec4f, TILE_K * COL_VECS>; // [k][n / 4]
 
 fn load_a(base: u32, row: u32, k: u32) -> f32 {
   if (row >= p.M || k >= p.K) { return 0.0; }
@@ -56,45 +61,49 @@ fn main(
   let base_b = wid.z * p.stride_b;
   let base_c = wid.z * p.stride_c;
 
-  var acc: array<f32, THREAD_M * THREAD_N>;
-  var b_reg: array<f32, THREAD_N>;
+  var acc: array<vec4f, 4>;
 
   for (var k0 = 0u; k0 < p.K; k0 += TILE_K) {
-    for (var i = lindex; i < TILE_M * TILE_K; i += THREADS) {
-      let m = i / TILE_K;
-      let k = i % TILE_K;
-      tile_a[i] = load_a(base_a, row0 + m, k0 + k);
+    for (var i = lindex; i < TILE_K * ROW_VECS; i += THREADS) {
+      let k = i / ROW_VECS;
+      let m = (i % ROW_VECS) * 4u;
+      tile_a[i] = vec4f(
+        load_a(base_a, row0 + m, k0 + k),
+        load_a(base_a, row0 + m + 1u, k0 + k),
+        load_a(base_a, row0 + m + 2u, k0 + k),
+        load_a(base_a, row0 + m + 3u, k0 + k),
+      );
     }
-    for (var i = lindex; i < TILE_K * TILE_N; i += THREADS) {
-      let k = i / TILE_N;
-      let n = i % TILE_N;
-      tile_b[i] = load_b(base_b, k0 + k, col0 + n);
+    for (var i = lindex; i < TILE_K * COL_VECS; i += THREADS) {
+      let k = i / COL_VECS;
+      let n = (i % COL_VECS) * 4u;
+      tile_b[i] = vec4f(
+        load_b(base_b, k0 + k, col0 + n),
+        load_b(base_b, k0 + k, col0 + n + 1u),
+        load_b(base_b, k0 + k, col0 + n + 2u),
+        load_b(base_b, k0 + k, col0 + n + 3u),
+      );
     }
     workgroupBarrier();
 
     for (var k = 0u; k < TILE_K; k++) {
-      for (var j = 0u; j < THREAD_N; j++) {
-        b_reg[j] = tile_b[k * TILE_N + j * THREADS_X + lid.x];
-      }
-      for (var i = 0u; i < THREAD_M; i++) {
-        let a_val = tile_a[(i * THREADS_Y + lid.y) * TILE_K + k];
-        for (var j = 0u; j < THREAD_N; j++) {
-          acc[i * THREAD_N + j] = fma(a_val, b_reg[j], acc[i * THREAD_N + j]);
-        }
-      }
+      let av = tile_a[k * ROW_VECS + lid.y];
+      let bv = tile_b[k * COL_VECS + lid.x];
+      acc[0] = fma(vec4f(av.x), bv, acc[0]);
+      acc[1] = fma(vec4f(av.y), bv, acc[1]);
+      acc[2] = fma(vec4f(av.z), bv, acc[2]);
+      acc[3] = fma(vec4f(av.w), bv, acc[3]);
     }
     workgroupBarrier();
   }
 
-  // Threads own strided rows and columns (i * THREADS_Y + lid.y), which keeps neighbouring
-  // threads on neighbouring addresses when loading from workgroup memory and storing C.
-  for (var i = 0u; i < THREAD_M; i++) {
-    let row = row0 + i * THREADS_Y + lid.y;
+  for (var i = 0u; i < 4u; i++) {
+    let row = row0 + lid.y * 4u + i;
     if (row >= p.M) { continue; }
-    for (var j = 0u; j < THREAD_N; j++) {
-      let col = col0 + j * THREADS_X + lid.x;
+    for (var j = 0u; j < 4u; j++) {
+      let col = col0 + lid.x * 4u + j;
       if (col >= p.N) { continue; }
-      var v = p.alpha * acc[i * THREAD_N + j];
+      var v = p.alpha * acc[i][j];
       if (HAS_BIAS) { v += bias[col]; }
       let idx = base_c + row * p.N + col;
       if (ACCUMULATE) { v += c[idx]; }
