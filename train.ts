@@ -1,0 +1,249 @@
+// deno task train -C NAME -S SIZE: trains the mapper (and, for size T, the LM) on image-caption
+// pairs, resuming the run runs/NAME when it exists.
+
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { resolveSize, type SizeConfig } from "./model/config.ts";
+import { Captioner } from "./model/captioner.ts";
+import { AdamW, type AdamWState } from "./kernels/adamw.ts";
+import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
+import { buildClip, imageEmbeddings, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { type Sample, train } from "./pipeline/trainer.ts";
+import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
+import { buildWordLevelTokenizer, HfTokenizer } from "./data/tokenizer.ts";
+import { collate } from "./data/collate.ts";
+import { shuffle } from "./util/random.ts";
+
+const HELP = `Usage: deno task train -C NAME -S SIZE [options]
+
+Trains a captioner and saves checkpoints under runs/NAME/. If runs/NAME already holds a
+checkpoint, training resumes from the last complete one.
+
+Options:
+  -C, --checkpoint-name NAME  run name; checkpoints go to runs/NAME (required)
+  -S, --size SIZE             model size: S, L or T, case-insensitive (required)
+      --data PATH             dataset: a directory with captions.json, a COCO captions_*.json,
+                              a ClipCap list or a Karpathy split file (default: shipped photos)
+      --epochs N              number of epochs (default: the size's value)
+      --batch-size N          samples per step (default: the size's value)
+      --lr X                  peak learning rate (default: the size's value)
+      --max-samples N         use only the first N training pairs (quick experiments)
+      --log-every N           read the loss back every N steps (default 10)
+  -h, --help                  show this help
+`;
+
+function parsePositive(name: string, value: string | undefined, integer = true): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`invalid --${name} "${value}": expected a positive ${integer ? "integer" : "number"}`);
+  }
+  return n;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      "checkpoint-name": { type: "string", short: "C" },
+      size: { type: "string", short: "S" },
+      data: { type: "string" },
+      epochs: { type: "string" },
+      "batch-size": { type: "string" },
+      lr: { type: "string" },
+      "max-samples": { type: "string" },
+      "log-every": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  if (!values["checkpoint-name"]) throw new UsageError("missing -C/--checkpoint-name: name the run, e.g. -C demo");
+  if (!values.size) throw new UsageError("missing -S/--size: choose S, L or T, e.g. -S T");
+
+  const runDir = runDirFor(values["checkpoint-name"]);
+  const size = resolveSize(values.size);
+  const t = size.train;
+  t.epochs = parsePositive("epochs", values.epochs) ?? t.epochs;
+  t.batch_size = parsePositive("batch-size", values["batch-size"]) ?? t.batch_size;
+  t.lr = parsePositive("lr", values.lr, false) ?? t.lr;
+  const maxSamples = parsePositive("max-samples", values["max-samples"]);
+  const logEvery = parsePositive("log-every", values["log-every"]) ?? 10;
+
+  // Resume: the last complete checkpoint decides the size and the tokenizer.
+  const resumeDir = await checkpointDir(runDir, "last");
+  const resumed = resumeDir ? await loadCheckpoint(resumeDir) : null;
+  if (resumed) {
+    const savedSize = (resumed.config as { size?: string }).size;
+    if (savedSize !== size.name) {
+      throw new UsageError(
+        `checkpoint ${resumeDir} was trained with size ${savedSize}, not ${size.name}: pass -S ${savedSize} to resume it, or choose another -C name`,
+      );
+    }
+  }
+
+  const dataset = values.data ? await loadDataset(values.data) : await loadDefaultDataset();
+  let trainPairs: Sample[] = dataset.pairs("train").map((p) => ({ imageId: p.imageId, caption: p.caption }));
+  const valPairs: Sample[] = dataset.pairs("val").map((p) => ({ imageId: p.imageId, caption: p.caption }));
+  if (maxSamples) trainPairs = trainPairs.slice(0, maxSamples);
+  if (trainPairs.length === 0) throw new UsageError(`dataset ${dataset.annotationFile} has no training pairs: check its split field`);
+
+  const tokenizer: HfTokenizer = resumed?.tokenizer
+    ? new HfTokenizer(resumed.tokenizer.json as never, resumed.tokenizer.config)
+    : buildWordLevelTokenizer(trainPairs.map((p) => p.caption), { minCount: 2 });
+  applyTokenizer(size, tokenizer);
+
+  const adapter = await startGpu();
+  console.log(`size ${size.name}: ${size.description}`);
+  console.log(`WebGPU adapter: ${adapter}`);
+  console.log(`data: ${dataset.annotationFile}: ${trainPairs.length} training pairs, ${valPairs.length} validation pairs; vocabulary ${tokenizer.vocabSize}`);
+
+  const clip = buildClip(size);
+  const items = dataset.items.filter((item) => item.split === "train" || item.split === "val");
+  const { embeddings, summary } = await imageEmbeddings(size, clip, items);
+  clip.dispose();
+  if (summary.skipped.length > 0) console.log(`skipped ${summary.skipped.length} unreadable images (see warnings above)`);
+  const usable = (p: Sample) => embeddings.has(p.imageId);
+  trainPairs = trainPairs.filter(usable);
+  const val = valPairs.filter(usable);
+
+  const model = new Captioner(size, size.clip.config.hidden_size);
+  const params = model.trainableParameters();
+  const optimizer = new AdamW(params.map(([, p]) => p), {
+    lr: t.lr,
+    weightDecay: t.weight_decay,
+    maxGradNorm: t.max_grad_norm,
+  });
+  console.log(`trainable parameters: ${params.reduce((s, [, p]) => s + p.size, 0).toLocaleString("en-US")}`);
+
+  let state: TrainerState = { epoch: 0, globalStep: 0, bestValLoss: null, history: [] };
+  if (resumed && resumeDir) {
+    loadTrainable(model, resumed.model, resumeDir);
+    optimizer.loadState(optimizerStateFromHost(resumed.optimizer, params.map(([name]) => name), resumeDir));
+    state = resumed.trainerState;
+    console.log(`resuming ${runDir} from ${resumeDir} (epoch ${state.epoch}, step ${state.globalStep})`);
+  }
+  if (state.epoch >= t.epochs) {
+    console.log(`run ${runDir} already finished ${state.epoch} epochs; raise --epochs to continue`);
+    return;
+  }
+
+  const collateSamples = (samples: Sample[]) =>
+    collate(samples.map((s) => ({ embedding: embeddings.get(s.imageId)!, caption: s.caption })), tokenizer, { maxLen: t.max_len });
+
+  await train({
+    model,
+    optimizer,
+    train: trainPairs,
+    val,
+    collate: collateSamples,
+    shuffle: (samples, epoch) => shuffle(samples, t.seed * 7919 + epoch),
+    epochs: t.epochs,
+    batchSize: t.batch_size,
+    lr: t.lr,
+    warmupSteps: t.warmup_steps,
+    seed: t.seed,
+    logEvery,
+    startEpoch: state.epoch,
+    globalStep: state.globalStep,
+    onEpochEnd: async (result, globalStep) => {
+      console.log(
+        `epoch ${result.epoch}/${t.epochs}: train loss ${result.trainLoss.toFixed(4)}, val loss ${result.valLoss.toFixed(4)}, ` +
+          `${result.seconds.toFixed(1)} s, ${result.samplesPerSecond.toFixed(1)} samples/s`,
+      );
+      const improved = state.bestValLoss === null || result.valLoss < state.bestValLoss;
+      state = {
+        epoch: result.epoch,
+        globalStep,
+        bestValLoss: improved ? result.valLoss : state.bestValLoss,
+        history: [...state.history, { epoch: result.epoch, trainLoss: result.trainLoss, valLoss: result.valLoss }],
+      };
+      const dir = await saveCheckpoint(runDir, {
+        config: runConfig(size),
+        model: await hostTensors(params),
+        optimizer: optimizerStateToHost(await optimizer.state(), params.map(([name]) => name)),
+        trainerState: state,
+        tokenizer: { json: tokenizer.tokenizerJson, config: tokenizer.config },
+      }, improved ? ["last", "best"] : ["last"]);
+      console.log(`saved ${dir}${improved ? " (best so far)" : ""}`);
+    },
+  });
+
+  const first = state.history[0];
+  const last = state.history.at(-1)!;
+  console.log(
+    `done: train loss ${first.trainLoss.toFixed(4)} (epoch ${first.epoch}) -> ${last.trainLoss.toFixed(4)} (epoch ${last.epoch}); ` +
+      `best val loss ${state.bestValLoss?.toFixed(4)}; checkpoints in ${join(runDir, "checkpoints")}`,
+  );
+}
+
+// Sets the LM's vocabulary and EOS id from the tokenizer (size T builds both from the captions).
+function applyTokenizer(size: SizeConfig, tokenizer: HfTokenizer): void {
+  if (size.lm.pretrained === null) {
+    size.lm.config.vocab_size = tokenizer.vocabSize;
+    size.lm.config.eos_token_id = tokenizer.eosTokenId;
+    size.lm.config.bos_token_id = tokenizer.eosTokenId;
+  }
+}
+
+export function runConfig(size: SizeConfig): Record<string, unknown> {
+  return { model_type: "clip-captioner", size: size.name, clip: size.clip, lm: size.lm, mapper: size.mapper, train: size.train };
+}
+
+async function hostTensors(params: [string, { toFloat32(): Promise<Float32Array>; shape: readonly number[] }][]): Promise<HostTensor[]> {
+  const out: HostTensor[] = [];
+  for (const [name, t] of params) out.push({ name, shape: [...t.shape], data: await t.toFloat32() });
+  return out;
+}
+
+// AdamW moments as named tensors: exp_avg.NAME, exp_avg_sq.NAME and one "steps" vector.
+function optimizerStateToHost(state: AdamWState, names: string[]): HostTensor[] {
+  const out: HostTensor[] = [{ name: "steps", shape: [names.length], data: state.steps }];
+  names.forEach((name, i) => {
+    out.push({ name: `exp_avg.${name}`, shape: [state.expAvg[i].length], data: state.expAvg[i] });
+    out.push({ name: `exp_avg_sq.${name}`, shape: [state.expAvgSq[i].length], data: state.expAvgSq[i] });
+  });
+  return out;
+}
+
+function optimizerStateFromHost(tensors: HostTensor[], names: string[], source: string): AdamWState {
+  const byName = new Map(tensors.map((t) => [t.name, t.data]));
+  const get = (name: string) => {
+    const data = byName.get(name);
+    if (!data) throw new UsageError(`${source}: optimizer.safetensors has no tensor "${name}"; the checkpoint is incomplete`);
+    return data;
+  };
+  return {
+    steps: get("steps"),
+    expAvg: names.map((n) => get(`exp_avg.${n}`)),
+    expAvgSq: names.map((n) => get(`exp_avg_sq.${n}`)),
+  };
+}
+
+export function loadTrainable(model: Captioner, tensors: HostTensor[], source: string): void {
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  for (const [name] of model.trainableParameters()) {
+    if (!byName.has(name)) throw new UsageError(`${source}: model.safetensors has no tensor "${name}"; the checkpoint is incomplete or from another model`);
+  }
+  for (const t of tensors) {
+    const [owner, ...rest] = t.name.split(".");
+    const module = owner === "mapper" ? model.mapper : owner === "lm" ? model.lm : null;
+    if (!module) throw new UsageError(`${source}: unexpected tensor "${t.name}" in model.safetensors`);
+    module.loadParameter(rest.join("."), t.data, t.shape, source);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`error: ${error.message}`);
+      Deno.exit(1);
+    }
+    throw error;
+  }
+}
