@@ -8,7 +8,7 @@ import { Captioner } from "./model/captioner.ts";
 import { generate } from "./model/generate.ts";
 import { checkpointDir, loadCheckpoint } from "./io/checkpoint.ts";
 import { atomicWriteJson } from "./io/atomic.ts";
-import { buildClip, imageEmbeddings, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { buildClip, imageEmbeddings, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { writeVisualisations } from "./pipeline/visualize.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { HfTokenizer } from "./data/tokenizer.ts";
@@ -181,14 +181,4 @@ function cocoId(imageId: string): number | string {
   return /^\d+$/.test(imageId) ? Number(imageId) : imageId;
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`error: ${error.message}`);
-      Deno.exit(1);
-    }
-    throw error;
-  }
-}
+if (import.meta.main) await runCli(main);

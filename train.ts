@@ -7,7 +7,7 @@ import { resolveSize, type SizeConfig } from "./model/config.ts";
 import { Captioner } from "./model/captioner.ts";
 import { AdamW, type AdamWState } from "./kernels/adamw.ts";
 import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
-import { buildClip, imageEmbeddings, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { buildClip, imageEmbeddings, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { type Sample, train } from "./pipeline/trainer.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { buildWordLevelTokenizer, HfTokenizer } from "./data/tokenizer.ts";
@@ -236,14 +236,4 @@ export function loadTrainable(model: Captioner, tensors: HostTensor[], source: s
   }
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`error: ${error.message}`);
-      Deno.exit(1);
-    }
-    throw error;
-  }
-}
+if (import.meta.main) await runCli(main);

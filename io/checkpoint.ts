@@ -48,6 +48,12 @@ export async function saveCheckpoint(runDir: string, contents: CheckpointContent
 
   await atomicWriteJson(join(dir, "config.json"), contents.config);
   await writeSafetensors(join(dir, "model.safetensors"), toWrite(contents.model), { format: "pt" });
+  // Test hook: CLIP_CAPTIONER_TEST_PAUSE_SAVE=EPOCH holds that epoch's save half-way, after
+  // model.safetensors, so a test can kill the process in the middle of it.
+  if (Deno.env.get("CLIP_CAPTIONER_TEST_PAUSE_SAVE") === String(contents.trainerState.epoch)) {
+    console.log(`checkpoint save paused in ${dir}`);
+    await new Promise((resolve) => setTimeout(resolve, 600_000));
+  }
   await writeSafetensors(join(dir, "optimizer.safetensors"), toWrite(contents.optimizer));
   await atomicWriteJson(join(dir, "trainer_state.json"), contents.trainerState);
   if (contents.tokenizer !== null) {

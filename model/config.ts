@@ -166,11 +166,18 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
   },
 };
 
+export class UnknownSizeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UnknownSizeError";
+  }
+}
+
 // Resolves a -S/--size value case-insensitively.
 export function resolveSize(value: string): SizeConfig {
   const key = value.trim().toUpperCase();
   if (!(key in SIZES)) {
-    throw new Error(`unknown size "${value}": use one of ${Object.keys(SIZES).join(", ")} (case-insensitive), e.g. -S T`);
+    throw new UnknownSizeError(`unknown size "${value}": use one of ${Object.keys(SIZES).join(", ")} (case-insensitive), e.g. -S T`);
   }
   return structuredClone(SIZES[key as SizeConfig["name"]]);
 }

@@ -21,6 +21,23 @@ export class UsageError extends Error {
   }
 }
 
+// Errors whose message already names the value and the fix; the CLIs print them on one line.
+const USER_ERRORS = new Set(["UsageError", "UnknownSizeError", "DatasetError", "SafetensorsError", "CaptionDataError", "ImageDecodeError", "NoAdapterError"]);
+
+// Runs a command's main function, printing user errors as one line with exit code 1.
+export async function runCli(main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (error) {
+    if (error instanceof Error && (USER_ERRORS.has(error.name) || error.name === "TypeError" && error.message.startsWith("Unknown option"))) {
+      const hint = error.name === "TypeError" ? "; see --help" : "";
+      console.error(`error: ${error.message}${hint}`);
+      Deno.exit(1);
+    }
+    throw error;
+  }
+}
+
 export function runDirFor(name: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name)) {
     throw new UsageError(`invalid checkpoint name "${name}": use letters, digits, '_', '-' and '.', e.g. -C demo`);
