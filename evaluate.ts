@@ -122,7 +122,9 @@ async function main(): Promise<void> {
   loadTrainable(model, saved.model, dir);
   model.train(false);
 
-  const mode = values.sample ? `sampling (temperature ${temperature}, top-k ${topK}, top-p ${topP})` : beams > 1 ? `beam search (${beams} beams)` : "greedy";
+  let mode = "greedy";
+  if (values.sample) mode = `sampling (temperature ${temperature}, top-k ${topK}, top-p ${topP})`;
+  else if (beams > 1) mode = `beam search (${beams} beams)`;
   console.log(`captioning ${usable.length} ${values.split} images from ${dir}, ${mode}`);
   const captions = new Map<string, string>();
   const bar = new ProgressBar({ total: usable.length, label: "captioning" });

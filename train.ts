@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { resolveSize, type SizeConfig } from "./model/config.ts";
 import { Captioner } from "./model/captioner.ts";
+import type { Module } from "./engine/nn.ts";
 import { AdamW, type AdamWState } from "./kernels/adamw.ts";
 import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
 import { buildClip, imageEmbeddings, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
@@ -230,7 +231,8 @@ export function loadTrainable(model: Captioner, tensors: HostTensor[], source: s
   }
   for (const t of tensors) {
     const [owner, ...rest] = t.name.split(".");
-    const module = owner === "mapper" ? model.mapper : owner === "lm" ? model.lm : null;
+    const modules: Record<string, Module> = { mapper: model.mapper, lm: model.lm };
+    const module = modules[owner];
     if (!module) throw new UsageError(`${source}: unexpected tensor "${t.name}" in model.safetensors`);
     module.loadParameter(rest.join("."), t.data, t.shape, source);
   }

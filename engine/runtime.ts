@@ -4,8 +4,8 @@
 // Launch cost is what dominates small models, so everything a dispatch needs is created once:
 // - pipelines are keyed by shader file, entry point and injected constants;
 // - uniform buffers are keyed by their bytes and never rewritten, so a bind group that names
-//   them stays valid; values that change every step (learning rate, seeds) live in storage
-//   buffers that the caller writes once per step instead;
+//   them stays valid. Values that change every step (learning rate, seeds) therefore live in
+//   storage buffers that the caller writes once per step;
 // - bind groups are keyed by pipeline and buffer identities, which repeat from step to step
 //   because the buffer pool hands the same buffers back in the same order.
 
@@ -34,8 +34,13 @@ export interface Kernel {
 }
 
 const KERNEL_DIR = new URL("../kernels/", import.meta.url);
-// Bind groups are cheap but not free; the cache is cleared when it grows past this many entries,
-// which only happens when shapes keep changing (decoding with a growing sequence, say).
+const BUFFER_BINDING_TYPES: Record<BindingKind, GPUBufferBindingType> = {
+  uniform: "uniform",
+  read: "read-only-storage",
+  storage: "storage",
+};
+// The bind-group cache is cleared when it grows past this many entries. That happens only when
+// shapes keep changing, as in decoding with a growing sequence.
 const MAX_CACHED_BIND_GROUPS = 8192;
 const MAX_CACHED_UNIFORMS = 8192;
 
@@ -83,7 +88,7 @@ export class Runtime {
       entries: spec.bindings.map((kind, binding) => ({
         binding,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: kind === "uniform" ? "uniform" : kind === "read" ? "read-only-storage" : "storage" },
+        buffer: { type: BUFFER_BINDING_TYPES[kind] },
       })),
     });
     const pipeline = this.device.createComputePipeline({

@@ -1,4 +1,4 @@
-// Training-run checkpoints: runs/NAME/checkpoints/<step dir>/ holds config.json,
+// Training-run checkpoints: runs/NAME/checkpoints/<step dir>/ contains config.json,
 // model.safetensors, optimizer.safetensors, trainer_state.json and tokenizer.json, laid out as a
 // Hugging Face model directory. runs/NAME/last.json and best.json point at a complete directory.
 //
@@ -48,7 +48,7 @@ export async function saveCheckpoint(runDir: string, contents: CheckpointContent
 
   await atomicWriteJson(join(dir, "config.json"), contents.config);
   await writeSafetensors(join(dir, "model.safetensors"), toWrite(contents.model), { format: "pt" });
-  // Test hook: CLIP_CAPTIONER_TEST_PAUSE_SAVE=EPOCH holds that epoch's save half-way, after
+  // Test hook: CLIP_CAPTIONER_TEST_PAUSE_SAVE=EPOCH stops that epoch's save half-way, after
   // model.safetensors, so a test can kill the process in the middle of it.
   if (Deno.env.get("CLIP_CAPTIONER_TEST_PAUSE_SAVE") === String(contents.trainerState.epoch)) {
     console.log(`checkpoint save paused in ${dir}`);

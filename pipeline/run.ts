@@ -1,5 +1,5 @@
-// What train.ts and evaluate.ts share: the run directory, GPU start-up, the frozen CLIP model
-// and the CLIP-embedding cache.
+// Run setup shared by train.ts and evaluate.ts: the run directory, GPU start-up, the frozen
+// CLIP model and the CLIP-embedding cache.
 
 import { join } from "node:path";
 import { noGrad } from "../engine/autograd.ts";

@@ -37,7 +37,8 @@ Deno.test("train unknown size names the value", async () => {
   const dir = await Deno.makeTempDir();
   const r = await run("train.ts", ["-C", "x", "-S", "Q"], dir);
   assert(r.code === 1, `exit code ${r.code}, expected 1`);
-  assert(r.stderr.includes(`unknown size "Q"`) && r.stderr.includes("S, L, T"), `stderr: ${r.stderr}`);
+  assert(r.stderr.includes(`unknown size "Q"`), `stderr: ${r.stderr}`);
+  assert(r.stderr.includes("S, L, T"), `the message should list the sizes: ${r.stderr}`);
   assert(r.stderr.trim().split("\n").filter((l) => l.startsWith("error:")).length === 1, "one error line");
   await Deno.remove(dir, { recursive: true });
 });
@@ -47,7 +48,8 @@ Deno.test("train help and evaluate help", async () => {
   for (const script of ["train.ts", "evaluate.ts"]) {
     const r = await run(script, ["--help"], dir);
     assert(r.code === 0, `${script} --help exit code ${r.code}`);
-    assert(r.stdout.includes("-C, --checkpoint-name") && r.stdout.includes("-S, --size"), `${script} help: ${r.stdout}`);
+    assert(r.stdout.includes("-C, --checkpoint-name"), `${script} help: ${r.stdout}`);
+    assert(r.stdout.includes("-S, --size"), `${script} help: ${r.stdout}`);
   }
   await Deno.remove(dir, { recursive: true });
 });
@@ -112,8 +114,10 @@ Deno.test("train resume after SIGKILL during save", async () => {
   // Evaluating the run with another size is rejected naming both sizes.
   const wrong = await run("evaluate.ts", ["-C", "straight", "-S", "s"], dir);
   assert(wrong.code === 1, `evaluate with the wrong size exited ${wrong.code}`);
-  assert(wrong.stderr.includes("trained with size T, not S") && wrong.stderr.includes("-S T"), `stderr: ${wrong.stderr}`);
+  assert(wrong.stderr.includes("trained with size T, not S"), `stderr: ${wrong.stderr}`);
+  assert(wrong.stderr.includes("pass -S T"), `the message should name the fix: ${wrong.stderr}`);
   const wrongTrain = await run("train.ts", ["-C", "straight", "-S", "L"], dir);
-  assert(wrongTrain.code === 1 && wrongTrain.stderr.includes("trained with size T, not L"), `stderr: ${wrongTrain.stderr}`);
+  assert(wrongTrain.code === 1, `train with the wrong size exited ${wrongTrain.code}`);
+  assert(wrongTrain.stderr.includes("trained with size T, not L"), `stderr: ${wrongTrain.stderr}`);
   await Deno.remove(dir, { recursive: true });
 });
