@@ -1,7 +1,7 @@
 // Parameters and the module tree that names them. Names are the Hugging Face / PyTorch
 // state-dict keys ("h.0.attn.c_attn.weight"), so checkpoints load and save without a mapping.
 
-import { fromArray, Tensor } from "./tensor.ts";
+import { empty, fromArray, Tensor } from "./tensor.ts";
 import { randomNormal } from "./init.ts";
 import { copyBlock } from "../kernels/copy.ts";
 
@@ -13,7 +13,7 @@ export class Module {
   // Registers a new trainable parameter (PyTorch's register_parameter).
   addParameter(name: string, shape: number[], init: ParamInit): Tensor {
     const size = shape.reduce((a, b) => a * b, 1);
-    const t = fromArray(initValues(size, init), shape).keep();
+    const t = skipInit ? empty(shape).keep() : fromArray(initValues(size, init), shape).keep();
     t.requiresGrad = true;
     this.params.set(name, t);
     return t;
@@ -71,6 +71,20 @@ export class Module {
 
   dispose(): void {
     for (const t of this.parameters()) t.dispose();
+  }
+}
+
+let skipInit = false;
+
+// Builds modules whose parameters are allocated but not initialised, for weights that are about
+// to be loaded from a checkpoint (random init of a 124M-parameter model costs seconds).
+export function withoutInit<T>(build: () => T): T {
+  const previous = skipInit;
+  skipInit = true;
+  try {
+    return build();
+  } finally {
+    skipInit = previous;
   }
 }
 

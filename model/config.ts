@@ -155,7 +155,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     train: {
       lr: 2e-3,
       batch_size: 32,
-      epochs: 30,
+      epochs: 20,
       warmup_steps: 40,
       weight_decay: 0.01,
       max_grad_norm: 1.0,

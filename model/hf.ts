@@ -1,0 +1,141 @@
+// Loading Hugging Face model directories (config.json + model.safetensors or shards):
+// CLIPVisionModel, CLIPVisionModelWithProjection, the vision part of CLIPModel, and
+// GPT2LMHeadModel. Tensors stream one at a time from the checkpoint onto the GPU.
+
+import { join } from "node:path";
+import type { Module } from "../engine/nn.ts";
+import { withoutInit } from "../engine/nn.ts";
+import { openCheckpoint } from "../io/safetensors.ts";
+import { ClipVisionModel } from "./clip_vision.ts";
+import type { ClipVisionConfig, Gpt2Config } from "./config.ts";
+import { Gpt2Model } from "./gpt2.ts";
+
+export class ModelConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelConfigError";
+  }
+}
+
+type Json = Record<string, unknown>;
+
+export async function readConfig(dir: string): Promise<Json> {
+  const path = join(dir, "config.json");
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) throw new ModelConfigError(`${path} not found: a Hugging Face model directory needs config.json`);
+    throw error;
+  }
+  try {
+    return JSON.parse(text) as Json;
+  } catch (error) {
+    throw new ModelConfigError(`${path} is not valid JSON (${(error as Error).message}); re-download it`);
+  }
+}
+
+function field<T>(config: Json, name: string, source: string, fallback?: T): T {
+  const value = config[name];
+  if (value === undefined || value === null) {
+    if (fallback !== undefined) return fallback;
+    throw new ModelConfigError(`${source}: config.json has no "${name}"`);
+  }
+  return value as T;
+}
+
+// The vision configuration of a CLIP checkpoint: top level for clip_vision_model, nested under
+// vision_config for the full CLIPModel (model_type "clip").
+export function clipVisionConfigFromHf(config: Json, source: string): ClipVisionConfig {
+  let vision = config;
+  let projectionDim = config.projection_dim as number | undefined;
+  if (config.model_type === "clip") {
+    vision = field<Json>(config, "vision_config", source);
+    projectionDim = (config.projection_dim as number | undefined) ?? (vision.projection_dim as number | undefined);
+  } else if (config.model_type !== "clip_vision_model") {
+    throw new ModelConfigError(`${source}: model_type "${config.model_type}" is not a CLIP model; expected "clip" or "clip_vision_model"`);
+  }
+  const act = field<string>(vision, "hidden_act", source, "quick_gelu");
+  if (act !== "quick_gelu" && act !== "gelu") throw new ModelConfigError(`${source}: hidden_act "${act}" is not supported; use quick_gelu or gelu`);
+  return {
+    hidden_size: field(vision, "hidden_size", source),
+    intermediate_size: field(vision, "intermediate_size", source),
+    num_hidden_layers: field(vision, "num_hidden_layers", source),
+    num_attention_heads: field(vision, "num_attention_heads", source),
+    image_size: field(vision, "image_size", source),
+    patch_size: field(vision, "patch_size", source),
+    num_channels: field(vision, "num_channels", source, 3),
+    layer_norm_eps: field(vision, "layer_norm_eps", source, 1e-5),
+    hidden_act: act,
+    projection_dim: projectionDim ?? 0,
+  };
+}
+
+export function gpt2ConfigFromHf(config: Json, source: string): Gpt2Config {
+  if (config.model_type !== "gpt2") throw new ModelConfigError(`${source}: model_type "${config.model_type}" is not GPT-2; expected "gpt2"`);
+  const act = field<string>(config, "activation_function", source, "gelu_new");
+  if (act !== "gelu_new") throw new ModelConfigError(`${source}: activation_function "${act}" is not supported; GPT-2 uses gelu_new`);
+  if (config.tie_word_embeddings === false) {
+    throw new ModelConfigError(`${source}: tie_word_embeddings is false, but GPT-2's lm_head is tied to wte; untied heads are not supported`);
+  }
+  const eos = field<number>(config, "eos_token_id", source, 50256);
+  return {
+    vocab_size: field(config, "vocab_size", source),
+    n_positions: field(config, "n_positions", source),
+    n_embd: field(config, "n_embd", source),
+    n_layer: field(config, "n_layer", source),
+    n_head: field(config, "n_head", source),
+    n_inner: (config.n_inner as number | null | undefined) ?? null,
+    layer_norm_epsilon: field(config, "layer_norm_epsilon", source, 1e-5),
+    activation_function: "gelu_new",
+    bos_token_id: field(config, "bos_token_id", source, eos),
+    eos_token_id: eos,
+  };
+}
+
+// Copies every parameter of `module` from the checkpoint in `dir`. `keyFor` maps a parameter
+// name to the checkpoint key; tensors the model does not use (a CLIP text tower, GPT-2's
+// attention-mask buffers) are ignored, and a missing or misshapen tensor is an error.
+export async function loadWeights(module: Module, dir: string, keyFor: (name: string) => string[]): Promise<void> {
+  const checkpoint = await openCheckpoint(dir);
+  try {
+    for (const [name] of module.namedParameters()) {
+      const keys = keyFor(name);
+      const key = keys.find((k) => checkpoint.has(k));
+      if (!key) {
+        throw new ModelConfigError(`${dir}: checkpoint has no tensor "${keys[0]}"; it does not match its config.json or is incomplete`);
+      }
+      const info = checkpoint.info(key);
+      module.loadParameter(name, await checkpoint.readTensor(key), info.shape, `${dir}: tensor "${key}"`);
+    }
+  } finally {
+    checkpoint.close();
+  }
+}
+
+export async function loadClipVision(dir: string): Promise<ClipVisionModel> {
+  const raw = await readConfig(dir);
+  const config = clipVisionConfigFromHf(raw, dir);
+  const checkpoint = await openCheckpoint(dir);
+  const withProjection = checkpoint.has("visual_projection.weight");
+  checkpoint.close();
+  if (withProjection && config.projection_dim === 0) throw new ModelConfigError(`${dir}: config.json has no projection_dim but the checkpoint has visual_projection.weight`);
+  const model = withoutInit(() => new ClipVisionModel(config, 0, withProjection));
+  await loadWeights(model, dir, (name) => [name]);
+  model.setTrainable(false);
+  model.eval();
+  return model;
+}
+
+// GPT2LMHeadModel checkpoints name tensors "transformer.h.0...", while checkpoints saved from
+// GPT2Model (such as the original gpt2 upload) drop the "transformer." prefix.
+export function gpt2Keys(name: string): string[] {
+  return [name, name.replace(/^transformer\./, "")];
+}
+
+export async function loadGpt2(dir: string): Promise<Gpt2Model> {
+  const config = gpt2ConfigFromHf(await readConfig(dir), dir);
+  const model = withoutInit(() => new Gpt2Model(config, 0));
+  await loadWeights(model, dir, gpt2Keys);
+  return model;
+}
