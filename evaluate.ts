@@ -8,7 +8,7 @@ import { Captioner } from "./model/captioner.ts";
 import { generate } from "./model/generate.ts";
 import { checkpointDir, loadCheckpoint } from "./io/checkpoint.ts";
 import { atomicWriteJson } from "./io/atomic.ts";
-import { buildClip, imageEmbeddings, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { writeVisualisations } from "./pipeline/visualize.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { HfTokenizer } from "./data/tokenizer.ts";
@@ -27,6 +27,9 @@ Options:
   -C, --checkpoint-name NAME  run to evaluate (required)
   -S, --size SIZE             model size the run was trained with: S, L or T (required)
       --checkpoint WHICH      best or last (default best)
+      --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
+                              cache, then download)
+      --lm DIR                language model directory for sizes S and L (same default)
       --data PATH             dataset, as for train (default: shipped photos)
       --split NAME            train, val or test (default test)
       --beams N               beam search with N beams (default 1: greedy)
@@ -58,6 +61,8 @@ async function main(): Promise<void> {
       size: { type: "string", short: "S" },
       checkpoint: { type: "string", default: "best" },
       data: { type: "string" },
+      clip: { type: "string" },
+      lm: { type: "string" },
       split: { type: "string", default: "test" },
       beams: { type: "string" },
       sample: { type: "boolean" },
@@ -112,13 +117,15 @@ async function main(): Promise<void> {
 
   const adapter = await startGpu();
   console.log(`WebGPU adapter: ${adapter}`);
-  const clip = buildClip(size);
-  const { embeddings, summary } = await imageEmbeddings(size, clip, items);
-  clip.dispose();
+  const sources = { clipDir: values.clip, lmDir: values.lm };
+  const loadedClip = await loadClip(size, sources);
+  const { embeddings, summary } = await imageEmbeddings(loadedClip, items);
+  loadedClip.clip.dispose();
+  const pretrained = await loadLm(size, sources);
   const usable = items.filter((item) => embeddings.has(item.imageId));
   if (summary.skipped.length > 0) console.log(`skipped ${summary.skipped.length} unreadable images`);
 
-  const model = new Captioner(size, size.clip.config.hidden_size);
+  const model = new Captioner(size, size.clip.config.hidden_size, pretrained.lm ?? undefined);
   loadTrainable(model, saved.model, dir);
   model.train(false);
 

@@ -8,7 +8,7 @@ import { Captioner } from "./model/captioner.ts";
 import type { Module } from "./engine/nn.ts";
 import { AdamW, type AdamWState } from "./kernels/adamw.ts";
 import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
-import { buildClip, imageEmbeddings, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { type Sample, train } from "./pipeline/trainer.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { buildWordLevelTokenizer, HfTokenizer } from "./data/tokenizer.ts";
@@ -23,6 +23,9 @@ checkpoint, training resumes from the last complete one.
 Options:
   -C, --checkpoint-name NAME  run name; checkpoints go to runs/NAME (required)
   -S, --size SIZE             model size: S, L or T, case-insensitive (required)
+      --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
+                              cache, then download)
+      --lm DIR                language model directory for sizes S and L (same default)
       --data PATH             dataset: a directory with captions.json, a COCO captions_*.json,
                               a ClipCap list or a Karpathy split file (default: shipped photos)
       --epochs N              number of epochs (default: the size's value)
@@ -49,6 +52,8 @@ async function main(): Promise<void> {
       "checkpoint-name": { type: "string", short: "C" },
       size: { type: "string", short: "S" },
       data: { type: "string" },
+      clip: { type: "string" },
+      lm: { type: "string" },
       epochs: { type: "string" },
       "batch-size": { type: "string" },
       lr: { type: "string" },
@@ -92,26 +97,28 @@ async function main(): Promise<void> {
   if (maxSamples) trainPairs = trainPairs.slice(0, maxSamples);
   if (trainPairs.length === 0) throw new UsageError(`dataset ${dataset.annotationFile} has no training pairs: check its split field`);
 
-  const tokenizer: HfTokenizer = resumed?.tokenizer
-    ? new HfTokenizer(resumed.tokenizer.json as never, resumed.tokenizer.config)
-    : buildWordLevelTokenizer(trainPairs.map((p) => p.caption), { minCount: 2 });
+  const adapter = await startGpu();
+  const sources = { clipDir: values.clip, lmDir: values.lm };
+  const pretrained = await loadLm(size, sources);
+  let tokenizer: HfTokenizer;
+  if (resumed?.tokenizer) tokenizer = new HfTokenizer(resumed.tokenizer.json as never, resumed.tokenizer.config);
+  else tokenizer = pretrained.tokenizer ?? buildWordLevelTokenizer(trainPairs.map((p) => p.caption), { minCount: 2 });
   applyTokenizer(size, tokenizer);
 
-  const adapter = await startGpu();
   console.log(`size ${size.name}: ${size.description}`);
   console.log(`WebGPU adapter: ${adapter}`);
   console.log(`data: ${dataset.annotationFile}: ${trainPairs.length} training pairs, ${valPairs.length} validation pairs; vocabulary ${tokenizer.vocabSize}`);
 
-  const clip = buildClip(size);
+  const loadedClip = await loadClip(size, sources);
   const items = dataset.items.filter((item) => item.split === "train" || item.split === "val");
-  const { embeddings, summary } = await imageEmbeddings(size, clip, items);
-  clip.dispose();
+  const { embeddings, summary } = await imageEmbeddings(loadedClip, items);
+  loadedClip.clip.dispose();
   if (summary.skipped.length > 0) console.log(`skipped ${summary.skipped.length} unreadable images (see warnings above)`);
   const usable = (p: Sample) => embeddings.has(p.imageId);
   trainPairs = trainPairs.filter(usable);
   const val = valPairs.filter(usable);
 
-  const model = new Captioner(size, size.clip.config.hidden_size);
+  const model = new Captioner(size, size.clip.config.hidden_size, pretrained.lm ?? undefined);
   const params = model.trainableParameters();
   const optimizer = new AdamW(params.map(([, p]) => p), {
     lr: t.lr,

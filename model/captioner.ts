@@ -22,9 +22,10 @@ export class Captioner {
   readonly mapper: Mapper;
   readonly lm: Gpt2Model;
 
-  constructor(readonly size: SizeConfig, clipWidth: number) {
+  // `lm` is a loaded pretrained model; without it the LM starts from the size's seed.
+  constructor(readonly size: SizeConfig, clipWidth: number, lm?: Gpt2Model) {
     const seed = size.train.seed;
-    this.lm = new Gpt2Model(size.lm.config, seed + 1);
+    this.lm = lm ?? new Gpt2Model(size.lm.config, seed + 1);
     this.mapper = new Mapper(clipWidth, size.lm.config.n_embd, size.mapper, seed + 2);
     this.lm.setTrainable(size.train.train_lm);
   }

@@ -8,7 +8,12 @@ import { getRuntime } from "../engine/runtime.ts";
 import { tidy } from "../engine/tensor.ts";
 import { ClipVisionModel } from "../model/clip_vision.ts";
 import type { SizeConfig } from "../model/config.ts";
+import type { Gpt2Model } from "../model/gpt2.ts";
+import { loadClipVision, loadGpt2 } from "../model/hf.ts";
 import { getOrComputeEmbeddings } from "../data/embedding_cache.ts";
+import type { ClipPreprocessOptions } from "../data/clip_preprocess.ts";
+import { type HfTokenizer, loadTokenizer } from "../data/tokenizer.ts";
+import { resolveModelDir } from "../io/hub.ts";
 
 export const RUNS_DIR = "runs";
 export const CACHE_DIR = join(".cache", "embeddings");
@@ -22,7 +27,7 @@ export class UsageError extends Error {
 }
 
 // Errors whose message already names the value and the fix; the CLIs print them on one line.
-const USER_ERRORS = new Set(["UsageError", "UnknownSizeError", "DatasetError", "SafetensorsError", "CaptionDataError", "ImageDecodeError", "NoAdapterError"]);
+const USER_ERRORS = new Set(["UsageError", "UnknownSizeError", "DatasetError", "SafetensorsError", "CaptionDataError", "ImageDecodeError", "NoAdapterError", "ModelConfigError", "ModelFilesError"]);
 
 // Runs a command's main function, printing user errors as one line with exit code 1.
 export async function runCli(main: () => Promise<void>): Promise<void> {
@@ -55,24 +60,77 @@ export async function startGpu(): Promise<string> {
   }
 }
 
-// The frozen CLIP vision tower. Size T has no pretrained weights and starts from its seed.
-export function buildClip(size: SizeConfig): ClipVisionModel {
-  if (size.clip.pretrained !== null) {
-    throw new UsageError(
-      `size ${size.name} needs pretrained CLIP weights (${size.clip.pretrained}), which this version cannot load yet; ` +
-        `use -S T`,
-    );
-  }
-  const clip = new ClipVisionModel(size.clip.config, size.train.seed);
-  clip.setTrainable(false);
-  clip.eval();
-  return clip;
+// Where pretrained weights come from: --clip DIR and --lm DIR, else the Hugging Face cache,
+// else a download into it.
+export interface ModelSources {
+  clipDir?: string;
+  lmDir?: string;
 }
 
-// An identifier of the CLIP weights, so cached embeddings are recomputed when they change.
-export function clipKey(size: SizeConfig): string {
-  const c = size.clip;
-  return JSON.stringify({ pretrained: c.pretrained, config: c.config, seed: c.pretrained ? null : size.train.seed });
+export interface LoadedClip {
+  clip: ClipVisionModel;
+  key: string; // identifies the weights, so cached embeddings follow them
+  preprocess: ClipPreprocessOptions;
+}
+
+// The frozen CLIP vision tower. Size T has no pretrained weights and starts from its seed.
+export async function loadClip(size: SizeConfig, sources: ModelSources): Promise<LoadedClip> {
+  if (size.clip.pretrained === null) {
+    const clip = new ClipVisionModel(size.clip.config, size.train.seed);
+    clip.setTrainable(false);
+    clip.eval();
+    const key = JSON.stringify({ config: size.clip.config, seed: size.train.seed });
+    return { clip, key, preprocess: {} };
+  }
+  const dir = await resolveModelDir(size.clip.pretrained, {
+    files: ["config.json", "model.safetensors"],
+    optional: ["preprocessor_config.json"],
+    explicitDir: sources.clipDir,
+    dirOption: "--clip",
+  });
+  const clip = await loadClipVision(dir);
+  size.clip.config = clip.config;
+  const weights = await Deno.stat(join(dir, "model.safetensors")).catch(() => null);
+  const key = JSON.stringify({ dir: await Deno.realPath(dir), size: weights?.size, mtime: weights?.mtime?.getTime() });
+  return { clip, key, preprocess: await readPreprocessorConfig(dir) };
+}
+
+// Image size, crop and normalisation from preprocessor_config.json, where present.
+async function readPreprocessorConfig(dir: string): Promise<ClipPreprocessOptions> {
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await Deno.readTextFile(join(dir, "preprocessor_config.json")));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return {};
+    throw new UsageError(`${join(dir, "preprocessor_config.json")} is not valid JSON: ${(error as Error).message}`);
+  }
+  const size = config.size as number | { shortest_edge?: number } | undefined;
+  const crop = config.crop_size as number | { height?: number } | undefined;
+  return {
+    size: typeof size === "number" ? size : size?.shortest_edge,
+    cropSize: typeof crop === "number" ? crop : crop?.height,
+    mean: config.image_mean as number[] | undefined,
+    std: config.image_std as number[] | undefined,
+  };
+}
+
+export interface LoadedLm {
+  lm: Gpt2Model | null; // null: the captioner builds a random LM from the size's seed
+  tokenizer: HfTokenizer | null; // null: size T builds a word-level tokenizer from captions
+}
+
+export async function loadLm(size: SizeConfig, sources: ModelSources): Promise<LoadedLm> {
+  if (size.lm.pretrained === null) return { lm: null, tokenizer: null };
+  const dir = await resolveModelDir(size.lm.pretrained, {
+    files: ["config.json", "model.safetensors", "tokenizer.json"],
+    optional: ["tokenizer_config.json", "generation_config.json"],
+    explicitDir: sources.lmDir,
+    dirOption: "--lm",
+  });
+  const lm = await loadGpt2(dir);
+  lm.setTrainable(size.train.train_lm);
+  size.lm.config = lm.config;
+  return { lm, tokenizer: loadTokenizer(dir) };
 }
 
 export interface EmbeddingItem {
@@ -81,11 +139,13 @@ export interface EmbeddingItem {
 }
 
 // CLIP pooler_output for every image, from the cache where present.
-export async function imageEmbeddings(size: SizeConfig, clip: ClipVisionModel, items: EmbeddingItem[]) {
-  const dim = size.clip.config.hidden_size;
+export async function imageEmbeddings(loaded: LoadedClip, items: EmbeddingItem[]) {
+  const { clip } = loaded;
+  const dim = clip.config.hidden_size;
   return await getOrComputeEmbeddings({
     items,
-    modelKey: clipKey(size),
+    modelKey: loaded.key,
+    preprocess: loaded.preprocess,
     dim,
     batchSize: 16,
     cacheDir: CACHE_DIR,
