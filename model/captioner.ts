@@ -5,7 +5,8 @@
 import * as ops from "../engine/ops.ts";
 import { fromArray, type Tensor } from "../engine/tensor.ts";
 import type { SizeConfig } from "./config.ts";
-import { Gpt2Model, type LayerCache } from "./gpt2.ts";
+import { Gpt2Model } from "./gpt2.ts";
+import type { CausalLM, LayerCache } from "./lm.ts";
 import { Mapper } from "./mapper.ts";
 
 // Label value that the loss skips, as in PyTorch's cross_entropy.
@@ -20,13 +21,13 @@ export interface TrainBatch {
 
 export class Captioner {
   readonly mapper: Mapper;
-  readonly lm: Gpt2Model;
+  readonly lm: CausalLM;
 
   // `lm` is a loaded pretrained model; without it the LM starts from the size's seed.
-  constructor(readonly size: SizeConfig, clipWidth: number, lm?: Gpt2Model) {
+  constructor(readonly size: SizeConfig, clipWidth: number, lm?: CausalLM) {
     const seed = size.train.seed;
     this.lm = lm ?? new Gpt2Model(size.lm.config, seed + 1);
-    this.mapper = new Mapper(clipWidth, size.lm.config.n_embd, size.mapper, seed + 2);
+    this.mapper = new Mapper(clipWidth, this.lm.width, size.mapper, seed + 2);
     this.lm.setTrainable(size.train.train_lm);
   }
 
@@ -58,7 +59,7 @@ export class Captioner {
     // Position ep - 1 + i predicts caption token i, so only those L rows need logits.
     const h = ops.sliceSeq(hiddenStates, ep - 1, L); // (B, L, D)
     const logits = this.lm.logits(h); // (B, L, V)
-    return ops.crossEntropy(ops.reshape(logits, [B * L, this.lm.config.vocab_size]), batch.labels);
+    return ops.crossEntropy(ops.reshape(logits, [B * L, this.lm.vocabSize]), batch.labels);
   }
 
   // Runs the prefix through the LM and returns the cache plus the last position's logits (B, V).
@@ -68,7 +69,7 @@ export class Captioner {
     const mask = fromArray(new Float32Array(B * this.epLen).fill(1), [B, this.epLen]);
     const { hiddenStates, cache } = this.lm.forward(prefix, mask, null, true);
     const last = ops.sliceSeq(hiddenStates, this.epLen - 1, 1); // (B, 1, D)
-    return { cache: cache!, logits: ops.reshape(this.lm.logits(last), [B, this.lm.config.vocab_size]) };
+    return { cache: cache!, logits: ops.reshape(this.lm.logits(last), [B, this.lm.vocabSize]) };
   }
 
   // Feeds one new token per sequence (ids (B, 1) i32) and returns the updated cache and logits.
@@ -77,7 +78,7 @@ export class Captioner {
     const past = cache[0].key.shape[1];
     const mask = fromArray(new Float32Array(B * (past + 1)).fill(1), [B, past + 1]);
     const { hiddenStates, cache: next } = this.lm.forward(this.lm.embed(ids), mask, cache);
-    return { cache: next!, logits: ops.reshape(this.lm.logits(hiddenStates), [B, this.lm.config.vocab_size]) };
+    return { cache: next!, logits: ops.reshape(this.lm.logits(hiddenStates), [B, this.lm.vocabSize]) };
   }
 }
 

@@ -7,7 +7,7 @@ import { fromArray, type Tensor, tidy } from "../engine/tensor.ts";
 import { argmaxRows, logSoftmaxRows, topkRows } from "../kernels/reduce.ts";
 import { embedding } from "../kernels/embedding.ts";
 import type { Captioner } from "./captioner.ts";
-import type { LayerCache } from "./gpt2.ts";
+import type { LayerCache } from "./lm.ts";
 import { scale } from "../kernels/elementwise.ts";
 
 export interface DecodeOptions {

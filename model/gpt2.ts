@@ -9,11 +9,8 @@ import type { Tensor } from "../engine/tensor.ts";
 import type { Gpt2Config } from "./config.ts";
 import { Conv1D, INIT_STD, LayerNorm, normal } from "./layers.ts";
 
-// Keys and values of one layer for every position seen so far: (B, T_past, D) each.
-export interface LayerCache {
-  key: Tensor;
-  value: Tensor;
-}
+import type { CausalLM, LayerCache, LmOutput } from "./lm.ts";
+export type { LayerCache } from "./lm.ts";
 
 class Gpt2Block extends Module {
   private readonly ln1: LayerNorm;
@@ -67,12 +64,7 @@ class Gpt2Block extends Module {
   }
 }
 
-export interface Gpt2Output {
-  hiddenStates: Tensor; // (B, T, D) after ln_f
-  cache: LayerCache[] | null; // set when forward was asked to keep a cache
-}
-
-export class Gpt2Model extends Module {
+export class Gpt2Model extends Module implements CausalLM {
   readonly config: Gpt2Config;
   readonly wte: Tensor;
   readonly wpe: Tensor;
@@ -93,6 +85,18 @@ export class Gpt2Model extends Module {
     this.lnF = transformer.addModule("ln_f", new LayerNorm(d, config.layer_norm_epsilon));
   }
 
+  get width(): number {
+    return this.config.n_embd;
+  }
+
+  get vocabSize(): number {
+    return this.config.vocab_size;
+  }
+
+  get maxPositions(): number {
+    return this.config.n_positions;
+  }
+
   // Token embeddings for input ids (B, T) i32.
   embed(inputIds: Tensor): Tensor {
     return ops.embedding(inputIds, this.wte); // (B, T, D)
@@ -101,7 +105,7 @@ export class Gpt2Model extends Module {
   // Runs the blocks over inputs_embeds (B, T, D). Positions start after the cached ones, and
   // position embeddings are added here once. attentionMask: (B, T_past + T), 1 = real token.
   // `useCache` returns keys and values for incremental decoding (implied when a cache is given).
-  forward(inputsEmbeds: Tensor, attentionMask: Tensor | null, cache: LayerCache[] | null = null, useCache = cache !== null): Gpt2Output {
+  forward(inputsEmbeds: Tensor, attentionMask: Tensor | null, cache: LayerCache[] | null = null, useCache = cache !== null): LmOutput {
     const [, T] = inputsEmbeds.shape;
     const past = cache ? cache[0].key.shape[1] : 0;
     if (past + T > this.config.n_positions) {
