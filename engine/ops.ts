@@ -11,6 +11,9 @@ import { layerNorm as layerNormKernel, layerNormBackward } from "../kernels/laye
 import { embedding as embeddingKernel, embeddingBackward } from "../kernels/embedding.ts";
 import { crossEntropy as crossEntropyKernel, crossEntropyBackward } from "../kernels/cross_entropy.ts";
 import { dropout as dropoutKernel, dropoutBackward } from "../kernels/dropout.ts";
+import { rmsNorm as rmsNormKernel, rmsNormBackward } from "../kernels/rmsnorm.ts";
+import { rope as ropeKernel, ropeBackward, type RopeOptions } from "../kernels/rope.ts";
+import { swiglu as swigluKernel, swigluBackward } from "../kernels/swiglu.ts";
 import {
   attention as attentionKernel,
   attentionBackward,
@@ -165,5 +168,27 @@ export function splitLast(x: Tensor, sizes: number[]): Tensor[] {
       copyBlock(g, dx, { Z: 1, R, C: size, srcZ: 0, srcR: size, dstOffset: start, dstZ: 0, dstR: width });
       return [dx];
     });
+  });
+}
+
+// RMSNorm over the last dimension (Qwen2, Llama): x * rsqrt(mean(x^2) + eps) * weight.
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  const { y, rstd } = rmsNormKernel(x, weight, { eps });
+  return record(y, [x, weight], (g) => {
+    const { dx, dWeight } = rmsNormBackward(x, g, rstd, weight, { needWeightGrad: weight.requiresGrad });
+    return [dx, dWeight];
+  });
+}
+
+// Rotary position embeddings in the Hugging Face half-split layout over (B, T, heads * headDim).
+export function rope(x: Tensor, options: RopeOptions): Tensor {
+  return record(ropeKernel(x, options), [x], (g) => [ropeBackward(g, options)]);
+}
+
+// silu(gate) * up, the SwiGLU MLP activation.
+export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  return record(swigluKernel(gate, up), [gate, up], (g) => {
+    const { dGate, dUp } = swigluBackward(gate, up, g);
+    return [dGate, dUp];
   });
 }

@@ -1,5 +1,6 @@
 // Launchers for kernels/attention.wgsl: multi-head scaled dot-product attention with causal and
-// key-padding masks. These are raw kernels without autograd, and engine/ops.ts wraps them.
+// key-padding masks, and grouped-query attention (fewer key/value heads than query heads).
+// These are raw kernels without autograd, and engine/ops.ts wraps them.
 
 import { rt } from "../engine/runtime.ts";
 import { empty, Tensor } from "../engine/tensor.ts";
@@ -27,9 +28,12 @@ export type AttentionInput = Tensor | AttentionOperand;
 
 export interface AttentionOptions {
   q: AttentionInput; // (B, Tq, H * Dh) or a slice of that width
-  k: AttentionInput; // (B, Tk, H * Dh) or a slice
-  v: AttentionInput; // (B, Tk, H * Dh) or a slice
-  heads: number;
+  k: AttentionInput; // (B, Tk, KV * Dh) or a slice
+  v: AttentionInput; // (B, Tk, KV * Dh) or a slice
+  heads: number; // H, the query heads
+  // KV, the key/value heads (default H). H must be a multiple of KV, and query head h reads
+  // key/value head floor(h / (H / KV)), the grouping of Hugging Face's repeat_kv.
+  kvHeads?: number;
   causal?: boolean; // query i attends to keys j <= i + Tk - Tq
   keyPaddingMask?: Tensor | null; // f32 (B, Tk): 1 for a real key, 0 for a padded one
   scale?: number; // defaults to 1 / sqrt(Dh)
@@ -48,23 +52,36 @@ export interface AttentionResult {
 
 export interface AttentionGrads {
   dq: Tensor; // (B, Tq, H * Dh)
-  dk: Tensor; // (B, Tk, H * Dh)
-  dv: Tensor; // (B, Tk, H * Dh)
+  dk: Tensor; // (B, Tk, KV * Dh), summed over the query heads that share each key/value head
+  dv: Tensor; // (B, Tk, KV * Dh), likewise
 }
 
-// Describes q, k and v inside GPT-2's fused c_attn output (B, T, 3 * H * Dh): q at column 0,
-// k at H * Dh and v at 2 * H * Dh. Nothing is copied.
+// Query and key/value head counts of a packed projection, for grouped-query attention.
+export interface PackedHeads {
+  heads: number;
+  kvHeads: number;
+}
+
+// Describes q, k and v inside a fused projection (B, T, (H + 2 * KV) * Dh) without copying:
+// q at column 0, k at H * Dh and v at (H + KV) * Dh. Without `layout` the three parts have equal
+// widths, as in GPT-2's c_attn output (B, T, 3 * H * Dh).
 export function splitPackedQkv(
   qkv: Tensor,
+  layout?: PackedHeads,
 ): { q: AttentionOperand; k: AttentionOperand; v: AttentionOperand } {
-  if (qkv.shape.length !== 3 || qkv.shape[2] % 3 !== 0) {
-    throw new Error(`splitPackedQkv: expected (B, T, 3 * H * Dh), got [${qkv.shape}]`);
+  const { heads, kvHeads } = layout ?? { heads: 1, kvHeads: 1 };
+  const parts = heads + 2 * kvHeads;
+  if (qkv.shape.length !== 3 || qkv.shape[2] % parts !== 0) {
+    const expected = layout ? `(${heads} + 2 * ${kvHeads}) * Dh` : "3 * H * Dh";
+    throw new Error(`splitPackedQkv: expected (B, T, ${expected}), got [${qkv.shape}]`);
   }
-  const width = qkv.shape[2] / 3;
+  const headDim = qkv.shape[2] / parts;
+  const qWidth = heads * headDim;
+  const kvWidth = kvHeads * headDim;
   return {
-    q: { tensor: qkv, colOffset: 0, width },
-    k: { tensor: qkv, colOffset: width, width },
-    v: { tensor: qkv, colOffset: 2 * width, width },
+    q: { tensor: qkv, colOffset: 0, width: qWidth },
+    k: { tensor: qkv, colOffset: qWidth, width: kvWidth },
+    v: { tensor: qkv, colOffset: qWidth + kvWidth, width: kvWidth },
   };
 }
 
@@ -101,21 +118,23 @@ export function attention(options: AttentionOptions): AttentionResult {
 // Computes the gradients of `attention` with respect to q, k and v, each in a new contiguous tensor.
 export function attentionBackward(options: AttentionBackwardOptions): AttentionGrads {
   const dims = validate("attentionBackward", options);
-  const width = dims.heads * dims.headDim;
-  const dq = empty([dims.batch, dims.tq, width]);
-  const dk = empty([dims.batch, dims.tk, width]);
-  const dv = empty([dims.batch, dims.tk, width]);
+  const qWidth = dims.heads * dims.headDim;
+  const kvWidth = dims.kvHeads * dims.headDim;
+  const dq = empty([dims.batch, dims.tq, qWidth]);
+  const dk = empty([dims.batch, dims.tk, kvWidth]);
+  const dv = empty([dims.batch, dims.tk, kvWidth]);
   launchBackward("attentionBackward", dims, options, {
-    dq: { tensor: dq, colOffset: 0, width },
-    dk: { tensor: dk, colOffset: 0, width },
-    dv: { tensor: dv, colOffset: 0, width },
+    dq: { tensor: dq, colOffset: 0, width: qWidth },
+    dk: { tensor: dk, colOffset: 0, width: kvWidth },
+    dv: { tensor: dv, colOffset: 0, width: kvWidth },
   });
   return { dq, dk, dv };
 }
 
-// Writes the gradients of `attention` into one (B, T, 3 * H * Dh) tensor laid out like the fused
-// c_attn output (dq, dk, dv side by side), which is what the c_attn backward consumes.
-// Requires Tq = Tk. The inputs q, k and v may be packed or separate.
+// Writes the gradients of `attention` into one (B, T, (H + 2 * KV) * Dh) tensor with dq, dk and
+// dv side by side, as splitPackedQkv lays out a fused projection. That is the layout the fused
+// projection's backward consumes. Requires Tq = Tk. The inputs q, k and v may be packed or
+// separate.
 export function attentionBackwardPacked(options: AttentionBackwardOptions): Tensor {
   const dims = validate("attentionBackwardPacked", options);
   if (dims.tq !== dims.tk) {
@@ -123,9 +142,9 @@ export function attentionBackwardPacked(options: AttentionBackwardOptions): Tens
       `attentionBackwardPacked: needs Tq = Tk for one packed gradient, got Tq ${dims.tq} and Tk ${dims.tk}`,
     );
   }
-  const width = dims.heads * dims.headDim;
-  const dqkv = empty([dims.batch, dims.tq, 3 * width]);
-  const slices = splitPackedQkv(dqkv);
+  const { heads, kvHeads } = dims;
+  const dqkv = empty([dims.batch, dims.tq, (heads + 2 * kvHeads) * dims.headDim]);
+  const slices = splitPackedQkv(dqkv, { heads, kvHeads });
   launchBackward("attentionBackwardPacked", dims, options, {
     dq: slices.q,
     dk: slices.k,
@@ -137,6 +156,7 @@ export function attentionBackwardPacked(options: AttentionBackwardOptions): Tens
 interface Dims {
   batch: number;
   heads: number;
+  kvHeads: number;
   tq: number;
   tk: number;
   headDim: number;
@@ -191,9 +211,21 @@ function validate(caller: string, options: AttentionOptions): Dims {
   if (!Number.isInteger(heads) || heads <= 0) {
     throw new Error(`${caller}: heads must be a positive integer, got ${heads}`);
   }
-  if (k.width !== q.width || v.width !== q.width || q.width % heads !== 0) {
+  const kvHeads = options.kvHeads ?? heads;
+  if (!Number.isInteger(kvHeads) || kvHeads <= 0 || heads % kvHeads !== 0) {
     throw new Error(
-      `${caller}: q, k and v widths ${q.width}, ${k.width}, ${v.width} must be equal and divisible by ${heads} heads`,
+      `${caller}: kvHeads must be a positive integer that divides heads = ${heads}, got ${kvHeads}`,
+    );
+  }
+  if (q.width % heads !== 0) {
+    throw new Error(`${caller}: q width ${q.width} is not divisible by ${heads} heads`);
+  }
+  const kvWidth = (q.width / heads) * kvHeads;
+  if (k.width !== kvWidth || v.width !== kvWidth) {
+    throw new Error(
+      `${caller}: k and v widths ${k.width}, ${v.width} must be kvHeads * head size = ${kvHeads} * ${
+        q.width / heads
+      } = ${kvWidth} (q width ${q.width}, ${heads} heads)`,
     );
   }
   const batch = q.tensor.shape[0];
@@ -231,7 +263,20 @@ function validate(caller: string, options: AttentionOptions): Dims {
   const scale = options.scale ?? 1 / Math.sqrt(headDim);
   if (!Number.isFinite(scale)) throw new Error(`${caller}: scale ${scale} is not finite`);
 
-  return { batch, heads, tq, tk, headDim, q, k, v, causal: options.causal ?? false, mask, scale };
+  return {
+    batch,
+    heads,
+    kvHeads,
+    tq,
+    tk,
+    headDim,
+    q,
+    k,
+    v,
+    causal: options.causal ?? false,
+    mask,
+    scale,
+  };
 }
 
 function shaderDefines(dims: Dims) {
@@ -267,7 +312,7 @@ function queryParams(dims: Dims, target: { stride: number; offset: number }): Ui
     target.stride,
     target.offset,
     { f32: dims.scale },
-    0,
+    dims.kvHeads,
     0,
   ]);
 }
@@ -332,9 +377,10 @@ function launchBackward(
     grid1d(batch * heads * tq),
   );
 
+  const grouped = dims.kvHeads !== heads;
   const keyKernel = rt().kernel({
     shader: "attention.wgsl",
-    entryPoint: "backward_key",
+    entryPoint: grouped ? "backward_key_grouped" : "backward_key",
     bindings: ["uniform", "read", "read", "storage"],
     defines,
   });
@@ -355,14 +401,15 @@ function launchBackward(
       target.tensor.shape[2],
       target.colOffset,
       { f32: alpha },
-      0,
+      dims.kvHeads,
       0,
     ]);
+    // One workgroup per key of each key/value head; it sums over the group's query heads.
     rt().dispatch(
       keyKernel,
       params,
       [weights.buffer, source.tensor.buffer, target.tensor.buffer],
-      grid1d(batch * heads * tk),
+      grid1d(batch * dims.kvHeads * tk),
     );
   };
   launchKey(probs, { tensor: dOut, colOffset: 0, width: heads * headDim }, targets.dv, 1);

@@ -1,18 +1,22 @@
-// Scaled dot-product multi-head attention, forward and backward.
+// Scaled dot-product multi-head attention with grouped-query attention, forward and backward.
 //
-// For batch b, head h, query i and key j:
+// q has H heads and k, v have KV heads, where KV divides H. Query head h reads key/value head
+// kv(h) = h / (H / KV), as Hugging Face's repeat_kv does; KV = H is ordinary multi-head attention.
+// For batch b, query head h, query i and key j, with k and v taken from head kv(h):
 //   S[i, j] = scale * q_i . k_j            (hidden when key j is masked)
 //   P[i, :] = softmax(S[i, :])             (all zeros when every key of row i is masked)
 //   out_i   = sum_j P[i, j] v_j
 // Backward, with dO the gradient of `out`:
 //   dP[i, j] = dO_i . v_j
 //   dS[i, j] = P[i, j] * (dP[i, j] - sum_j' P[i, j'] dP[i, j'])
-//   dq_i = scale * sum_j dS[i, j] k_j,  dk_j = scale * sum_i dS[i, j] q_i,  dv_j = sum_i P[i, j] dO_i
+//   dq_i = scale * sum_j dS[i, j] k_j
+//   dk_j = scale * sum_{h in group} sum_i dS_h[i, j] q_{h,i},  dv_j = sum_{h in group} sum_i P_h[i, j] dO_{h,i}
+// where the group of key/value head g is the query heads g * (H / KV) .. (g + 1) * (H / KV) - 1.
 //
 // Layouts (row-major f32):
 // - q is (B, Tq, q_stride) and k, v are (B, Tk, k_stride / v_stride). Head h of an operand reads
 //   columns offset + h * head_dim .. offset + (h + 1) * head_dim, so q, k and v may be column
-//   slices of one packed (B, T, 3 * H * Dh) tensor.
+//   slices of one packed (B, T, (H + 2 * KV) * Dh) tensor.
 // - key_mask is (B, Tk): 0 marks a padded key, any other value a real key.
 // - probs, d_scores and `weights` are (B, H, Tq, Tk); masked entries hold 0.
 // - out is (B, Tq, H * head_dim); gradients are written at (out_stride, out_offset), which lets
@@ -23,11 +27,16 @@
 // Entry points, each with one workgroup per row and WORKGROUP threads:
 // - forward: per (b, h, i); writes P[i, :] and out_i.
 // - backward_query: per (b, h, i); writes dS[i, :] and dq_i.
-// - backward_key: per (b, h, j); writes grad_j = alpha * sum_i weights[i, j] source_i. With
-//   weights = P and source = dO it computes dv; with weights = dS, source = q and
+// - backward_key: per (b, h, j), when KV = H; writes grad_j = alpha * sum_i weights[i, j] source_i.
+//   With weights = P and source = dO it computes dv; with weights = dS, source = q and
 //   alpha = scale it computes dk.
+// - backward_key_grouped: the same per (b, g, j) for key/value head g when KV < H, with
+//   grad_j = alpha * sum_{h in group g} sum_i weights_h[i, j] source_{h,i}. The group's query
+//   heads are summed one after the other inside the workgroup. It is a separate entry point
+//   because its loop over heads made the KV = H case slower on llvmpipe (about 8% for a
+//   GPT-2-sized attention backward, B 8, H 12, T 64, Dh 64).
 // Every output element has exactly one writer and every sum runs in a fixed order, so results
-// are deterministic.
+// are deterministic without atomics.
 //
 // Injected by kernels/attention.ts: WORKGROUP (a power of two), MAX_KEYS (capacity of the
 // per-row key buffer; also bounds Tq in backward_key), MAX_HEAD_DIM, CAUSAL, HAS_KEY_MASK.
@@ -47,13 +56,13 @@ struct Params {
   out_stride: u32,
   out_offset: u32,
   scale: f32,
+  kv_heads: u32,
   _pad0: u32,
-  _pad1: u32,
 }
 
 struct KeyGradParams {
   batch: u32,
-  heads: u32,
+  heads: u32, // query heads; rows of backward_key_grouped run over kv_heads
   tq: u32,
   tk: u32,
   head_dim: u32,
@@ -62,8 +71,8 @@ struct KeyGradParams {
   out_stride: u32,
   out_offset: u32,
   alpha: f32,
+  kv_heads: u32,
   _pad0: u32,
-  _pad1: u32,
 }
 
 // Bindings shared by forward and backward_query sit at the same binding numbers in both.
@@ -98,6 +107,11 @@ var<workgroup> partials: array<f32, WORKGROUP>;
 
 fn row_index(wid: vec3u, nwg: vec3u) -> u32 {
   return wid.y * nwg.x + wid.x;
+}
+
+// The key/value head that query head h reads.
+fn kv_head(h: u32) -> u32 {
+  return h / (p.heads / p.kv_heads);
 }
 
 // Number of leading keys that query i may see under the causal rule (all Tk without it).
@@ -151,6 +165,7 @@ fn forward(
   let h = (row / p.tq) % p.heads;
   let b = row / (p.tq * p.heads);
   let dh = p.head_dim;
+  let kv_col = kv_head(h) * dh;
   let visible = visible_keys(i);
 
   // The scale is folded into the staged query row.
@@ -164,7 +179,7 @@ fn forward(
   for (var j = t; j < p.tk; j += WORKGROUP) {
     var score = HIDDEN;
     if (j < visible && key_is_real(b, j)) {
-      let k_base = (b * p.tk + j) * p.k_stride + p.k_offset + h * dh;
+      let k_base = (b * p.tk + j) * p.k_stride + p.k_offset + kv_col;
       var acc = 0.0;
       for (var d = 0u; d < dh; d++) {
         acc = fma(head_row[d], k[k_base + d], acc);
@@ -199,7 +214,7 @@ fn forward(
   for (var d = t; d < dh; d += WORKGROUP) {
     var acc = 0.0;
     for (var j = 0u; j < visible; j++) {
-      acc = fma(row_values[j], v[(b * p.tk + j) * p.v_stride + p.v_offset + h * dh + d], acc);
+      acc = fma(row_values[j], v[(b * p.tk + j) * p.v_stride + p.v_offset + kv_col + d], acc);
     }
     out[out_base + d] = acc;
   }
@@ -218,6 +233,7 @@ fn backward_query(
   let h = (row / p.tq) % p.heads;
   let b = row / (p.tq * p.heads);
   let dh = p.head_dim;
+  let kv_col = kv_head(h) * dh;
   let visible = visible_keys(i);
 
   // d_out is contiguous (B, Tq, H * head_dim).
@@ -232,7 +248,7 @@ fn backward_query(
   for (var j = t; j < p.tk; j += WORKGROUP) {
     var dp = 0.0;
     if (j < visible && key_is_real(b, j)) {
-      let v_base = (b * p.tk + j) * p.v_stride + p.v_offset + h * dh;
+      let v_base = (b * p.tk + j) * p.v_stride + p.v_offset + kv_col;
       for (var d = 0u; d < dh; d++) {
         dp = fma(head_row[d], v[v_base + d], dp);
       }
@@ -254,7 +270,7 @@ fn backward_query(
   for (var d = t; d < dh; d += WORKGROUP) {
     var acc = 0.0;
     for (var j = 0u; j < visible; j++) {
-      acc = fma(row_values[j], k[(b * p.tk + j) * p.k_stride + p.k_offset + h * dh + d], acc);
+      acc = fma(row_values[j], k[(b * p.tk + j) * p.k_stride + p.k_offset + kv_col + d], acc);
     }
     dq[dq_base + d] = p.scale * acc;
   }
@@ -294,5 +310,58 @@ fn backward_key(
       acc = fma(row_values[i], source[(b * kp.tq + i) * kp.source_stride + kp.source_offset + h * dh + d], acc);
     }
     grad[out_base + d] = kp.alpha * acc;
+  }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn backward_key_grouped(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_id) lid: vec3u,
+) {
+  let row = row_index(wid, nwg); // (b * KV + g) * Tk + j
+  if (row >= kp.batch * kp.kv_heads * kp.tk) { return; }
+  let t = lid.x;
+  let j = row % kp.tk;
+  let g = (row / kp.tk) % kp.kv_heads;
+  let b = row / (kp.tk * kp.kv_heads);
+  let dh = kp.head_dim;
+  let group = kp.heads / kp.kv_heads;
+
+  // Under the causal rule only queries i >= j - (Tk - Tq) see key j; earlier weights are 0.
+  var first = 0u;
+  if (CAUSAL) {
+    first = u32(max(i32(j) - i32(kp.tk) + i32(kp.tq), 0));
+  }
+
+  // Thread t computes head-size column d = t + s * WORKGROUP in slot s. Its sum runs over the
+  // group's query heads in order, and over i in order within each head. The slot loop has the
+  // same trip count in every thread, which keeps the barriers in uniform control flow.
+  let slots = (dh + WORKGROUP - 1u) / WORKGROUP;
+  for (var s = 0u; s < slots; s++) {
+    let d = t + s * WORKGROUP;
+    var acc = 0.0;
+    for (var r = 0u; r < group; r++) {
+      let h = g * group + r;
+      let bh = b * kp.heads + h;
+
+      // Column j of this head's weights, gathered once for the workgroup's head_dim outputs.
+      for (var i = first + t; i < kp.tq; i += WORKGROUP) {
+        row_values[i] = weights[(bh * kp.tq + i) * kp.tk + j];
+      }
+      workgroupBarrier();
+
+      if (d < dh) {
+        let source_col = kp.source_offset + h * dh + d;
+        for (var i = first; i < kp.tq; i++) {
+          acc = fma(row_values[i], source[(b * kp.tq + i) * kp.source_stride + source_col], acc);
+        }
+      }
+      // row_values is overwritten by the next head.
+      workgroupBarrier();
+    }
+    if (d < dh) {
+      grad[(b * kp.tk + j) * kp.out_stride + kp.out_offset + g * dh + d] = kp.alpha * acc;
+    }
   }
 }

@@ -9,6 +9,7 @@ import { openCheckpoint } from "../io/safetensors.ts";
 import { ClipVisionModel } from "./clip_vision.ts";
 import type { ClipVisionConfig, Gpt2Config } from "./config.ts";
 import { Gpt2Model } from "./gpt2.ts";
+import { Qwen2Model, type Qwen2Config } from "./qwen2.ts";
 
 export class ModelConfigError extends Error {
   constructor(message: string) {
@@ -137,5 +138,48 @@ export async function loadGpt2(dir: string): Promise<Gpt2Model> {
   const config = gpt2ConfigFromHf(await readConfig(dir), dir);
   const model = withoutInit(() => new Gpt2Model(config, 0));
   await loadWeights(model, dir, gpt2Keys);
+  return model;
+}
+
+// Qwen2ForCausalLM and LlamaForCausalLM configs. transformers 5 writes rope_theta inside
+// rope_parameters; older configs have it at the top level.
+export function qwen2ConfigFromHf(config: Json, source: string): Qwen2Config {
+  const type = config.model_type;
+  if (type !== "qwen2" && type !== "llama") {
+    throw new ModelConfigError(`${source}: model_type "${type}" is not Qwen2 or Llama; expected "qwen2" or "llama"`);
+  }
+  const act = field<string>(config, "hidden_act", source, "silu");
+  if (act !== "silu") throw new ModelConfigError(`${source}: hidden_act "${act}" is not supported; Qwen2 and Llama use silu`);
+  const rope = config.rope_parameters as { rope_theta?: number; rope_type?: string } | undefined;
+  const ropeType = rope?.rope_type ?? (config.rope_scaling as { rope_type?: string } | null | undefined)?.rope_type ?? "default";
+  if (ropeType !== "default") throw new ModelConfigError(`${source}: rope_type "${ropeType}" is not supported; only default RoPE is`);
+  const heads = field<number>(config, "num_attention_heads", source);
+  const hidden = field<number>(config, "hidden_size", source);
+  const eos = config.eos_token_id;
+  const eosId = Array.isArray(eos) ? eos[0] as number : eos as number | undefined;
+  if (eosId === undefined || eosId === null) throw new ModelConfigError(`${source}: config.json has no eos_token_id`);
+  return {
+    model_type: type,
+    vocab_size: field(config, "vocab_size", source),
+    hidden_size: hidden,
+    intermediate_size: field(config, "intermediate_size", source),
+    num_hidden_layers: field(config, "num_hidden_layers", source),
+    num_attention_heads: heads,
+    num_key_value_heads: field(config, "num_key_value_heads", source, heads),
+    head_dim: field(config, "head_dim", source, hidden / heads),
+    max_position_embeddings: field(config, "max_position_embeddings", source),
+    rms_norm_eps: field(config, "rms_norm_eps", source, 1e-6),
+    rope_theta: rope?.rope_theta ?? field(config, "rope_theta", source, 10000),
+    attention_bias: type === "qwen2" ? true : field(config, "attention_bias", source, false),
+    tie_word_embeddings: field(config, "tie_word_embeddings", source, false),
+    bos_token_id: field(config, "bos_token_id", source, eosId),
+    eos_token_id: eosId,
+  };
+}
+
+export async function loadQwen2(dir: string): Promise<Qwen2Model> {
+  const config = qwen2ConfigFromHf(await readConfig(dir), dir);
+  const model = withoutInit(() => new Qwen2Model(config, 0));
+  await loadWeights(model, dir, (name) => [name]);
   return model;
 }

@@ -15,6 +15,7 @@ await gpuReady();
 interface Case {
   batch: number;
   heads: number;
+  kvHeads?: number; // key/value heads, default `heads`
   tq: number;
   tk: number;
   headDim: number;
@@ -25,8 +26,8 @@ interface Case {
 
 interface Inputs {
   q: Float64Array; // (B, Tq, H * Dh)
-  k: Float64Array; // (B, Tk, H * Dh)
-  v: Float64Array; // (B, Tk, H * Dh)
+  k: Float64Array; // (B, Tk, KV * Dh)
+  v: Float64Array; // (B, Tk, KV * Dh)
   dOut: Float64Array; // (B, Tq, H * Dh)
 }
 
@@ -43,14 +44,52 @@ function f32Values(values: Float64Array): Float64Array {
   return Float64Array.from(Float32Array.from(values));
 }
 
+function kvHeadsOf(c: Case): number {
+  return c.kvHeads ?? c.heads;
+}
+
 function makeInputs(c: Case, seed: number): Inputs {
   const width = c.heads * c.headDim;
+  const kvWidth = kvHeadsOf(c) * c.headDim;
   return {
     q: f32Values(randomArray(c.batch * c.tq * width, seed)),
-    k: f32Values(randomArray(c.batch * c.tk * width, seed + 1)),
-    v: f32Values(randomArray(c.batch * c.tk * width, seed + 2)),
+    k: f32Values(randomArray(c.batch * c.tk * kvWidth, seed + 1)),
+    v: f32Values(randomArray(c.batch * c.tk * kvWidth, seed + 2)),
     dOut: f32Values(randomArray(c.batch * c.tq * width, seed + 3)),
   };
+}
+
+// Hugging Face's repeat_kv: copies key/value head g to query heads g * n .. g * n + n - 1, with
+// n = H / KV, turning (B, T, KV * Dh) into (B, T, H * Dh).
+function repeatKv(c: Case, x: Float64Array, t: number): Float64Array {
+  const kvHeads = kvHeadsOf(c);
+  const repeats = c.heads / kvHeads;
+  const out = new Float64Array(c.batch * t * c.heads * c.headDim);
+  for (let r = 0; r < c.batch * t; r++) {
+    for (let h = 0; h < c.heads; h++) {
+      const g = Math.floor(h / repeats);
+      for (let d = 0; d < c.headDim; d++) {
+        out[(r * c.heads + h) * c.headDim + d] = x[(r * kvHeads + g) * c.headDim + d];
+      }
+    }
+  }
+  return out;
+}
+
+// Adjoint of repeatKv: sums the gradients of the query heads that share a key/value head.
+function sumRepeatedKv(c: Case, dx: Float64Array, t: number): Float64Array {
+  const kvHeads = kvHeadsOf(c);
+  const repeats = c.heads / kvHeads;
+  const out = new Float64Array(c.batch * t * kvHeads * c.headDim);
+  for (let r = 0; r < c.batch * t; r++) {
+    for (let h = 0; h < c.heads; h++) {
+      const g = Math.floor(h / repeats);
+      for (let d = 0; d < c.headDim; d++) {
+        out[(r * kvHeads + g) * c.headDim + d] += dx[(r * c.heads + h) * c.headDim + d];
+      }
+    }
+  }
+  return out;
 }
 
 function caseScale(c: Case): number {
@@ -63,8 +102,11 @@ function visible(c: Case, b: number, i: number, j: number): boolean {
 }
 
 // float64 attention with plain loops. Rows without a visible key give P = 0 and out = 0.
-function referenceForward(c: Case, q: Float64Array, k: Float64Array, v: Float64Array) {
+// k and v have KV heads and are expanded to H heads with repeatKv first.
+function referenceForward(c: Case, q: Float64Array, kvK: Float64Array, kvV: Float64Array) {
   const { batch, heads, tq, tk, headDim } = c;
+  const k = repeatKv(c, kvK, tk);
+  const v = repeatKv(c, kvV, tk);
   const width = heads * headDim;
   const scale = caseScale(c);
   const out = new Float64Array(batch * tq * width);
@@ -104,11 +146,13 @@ function referenceForward(c: Case, q: Float64Array, k: Float64Array, v: Float64A
   return { out, probs };
 }
 
-function referenceBackward(c: Case, x: Inputs): Results {
+// Gradients per query head against the repeated k and v, then summed back to KV heads.
+function referenceBackward(c: Case, inputs: Inputs): Results {
   const { batch, heads, tq, tk, headDim } = c;
   const width = heads * headDim;
   const scale = caseScale(c);
-  const { out, probs } = referenceForward(c, x.q, x.k, x.v);
+  const { out, probs } = referenceForward(c, inputs.q, inputs.k, inputs.v);
+  const x = { ...inputs, k: repeatKv(c, inputs.k, tk), v: repeatKv(c, inputs.v, tk) };
   const dq = new Float64Array(x.q.length);
   const dk = new Float64Array(x.k.length);
   const dv = new Float64Array(x.v.length);
@@ -137,18 +181,21 @@ function referenceBackward(c: Case, x: Inputs): Results {
       }
     }
   }
-  return { out, probs, dq, dk, dv };
+  return { out, probs, dq, dk: sumRepeatedKv(c, dk, tk), dv: sumRepeatedKv(c, dv, tk) };
 }
 
-// Interleaves separate q, k, v rows into one (B, T, 3 * H * Dh) array, which needs Tq = Tk.
+// Interleaves separate q, k, v rows into one (B, T, (H + 2 * KV) * Dh) array, which needs
+// Tq = Tk.
 function packQkv(c: Case, x: Inputs): Float64Array {
   const width = c.heads * c.headDim;
+  const kvWidth = kvHeadsOf(c) * c.headDim;
+  const packedWidth = width + 2 * kvWidth;
   const rows = c.batch * c.tq;
-  const qkv = new Float64Array(rows * 3 * width);
+  const qkv = new Float64Array(rows * packedWidth);
   for (let r = 0; r < rows; r++) {
-    qkv.set(x.q.subarray(r * width, (r + 1) * width), r * 3 * width);
-    qkv.set(x.k.subarray(r * width, (r + 1) * width), r * 3 * width + width);
-    qkv.set(x.v.subarray(r * width, (r + 1) * width), r * 3 * width + 2 * width);
+    qkv.set(x.q.subarray(r * width, (r + 1) * width), r * packedWidth);
+    qkv.set(x.k.subarray(r * kvWidth, (r + 1) * kvWidth), r * packedWidth + width);
+    qkv.set(x.v.subarray(r * kvWidth, (r + 1) * kvWidth), r * packedWidth + width + kvWidth);
   }
   return qkv;
 }
@@ -174,21 +221,27 @@ interface GpuLayout {
 
 async function runGpu(c: Case, x: Inputs, layout: GpuLayout = {}): Promise<Results> {
   const { batch, heads, tq, tk, headDim } = c;
+  const kvHeads = kvHeadsOf(c);
   const width = heads * headDim;
+  const kvWidth = kvHeads * headDim;
+  const packedWidth = width + 2 * kvWidth;
+  // Cases without kvHeads leave the option out, as multi-head callers do.
+  const packedHeads = c.kvHeads === undefined ? undefined : { heads, kvHeads };
   const tensors = tidy(() => {
     let operands: Pick<AttentionOptions, "q" | "k" | "v">;
     if (layout.packedInput) {
-      operands = splitPackedQkv(fromArray(packQkv(c, x), [batch, tq, 3 * width]));
+      operands = splitPackedQkv(fromArray(packQkv(c, x), [batch, tq, packedWidth]), packedHeads);
     } else {
       operands = {
         q: fromArray(x.q, [batch, tq, width]),
-        k: fromArray(x.k, [batch, tk, width]),
-        v: fromArray(x.v, [batch, tk, width]),
+        k: fromArray(x.k, [batch, tk, kvWidth]),
+        v: fromArray(x.v, [batch, tk, kvWidth]),
       };
     }
     const options: AttentionOptions = {
       ...operands,
       heads,
+      kvHeads: c.kvHeads,
       causal: c.causal,
       keyPaddingMask: c.mask ? fromArray(c.mask, [batch, tk]) : null,
       scale: c.scale,
@@ -215,9 +268,9 @@ async function runGpu(c: Case, x: Inputs, layout: GpuLayout = {}): Promise<Resul
     return {
       out,
       probs,
-      dq: columnSlice(dqkv, rows, 3 * width, 0, width),
-      dk: columnSlice(dqkv, rows, 3 * width, width, width),
-      dv: columnSlice(dqkv, rows, 3 * width, 2 * width, width),
+      dq: columnSlice(dqkv, rows, packedWidth, 0, width),
+      dk: columnSlice(dqkv, rows, packedWidth, width, kvWidth),
+      dv: columnSlice(dqkv, rows, packedWidth, width + kvWidth, kvWidth),
     };
   }
   const [dq, dk, dv] = tensors.grads;
@@ -297,6 +350,26 @@ function timeRows(
 // --- The reference gradient itself, against finite differences of the reference forward.
 
 const fdCases: [string, Case][] = [
+  ["grouped H6 KV2", {
+    batch: 2,
+    heads: 6,
+    kvHeads: 2,
+    tq: 5,
+    tk: 5,
+    headDim: 4,
+    causal: true,
+    mask: paddingMask(2, 5, [0, 2]),
+  }],
+  ["grouped H4 KV1 Tq2 Tk6", {
+    batch: 1,
+    heads: 4,
+    kvHeads: 1,
+    tq: 2,
+    tk: 6,
+    headDim: 3,
+    causal: true,
+    mask: null,
+  }],
   ["causal padded", {
     batch: 2,
     heads: 3,
@@ -600,6 +673,209 @@ Deno.test("attention backward deterministic", async () => {
   const first = await runGpu(c, x);
   compareAll("T70", first, referenceBackward(c, x));
   assertIdentical("second run", await runGpu(c, x), first);
+});
+
+// --- Grouped-query attention: k and v have fewer heads than q.
+
+Deno.test("attention grouped H6 KV2 Dh8", async () => {
+  const c: Case = {
+    batch: 2,
+    heads: 6,
+    kvHeads: 2,
+    tq: 7,
+    tk: 7,
+    headDim: 8,
+    causal: true,
+    mask: paddingMask(2, 7, [0, 3]),
+  };
+  await checkCase("H6 KV2 causal padded", c, 21);
+  await checkCase("H6 KV2 padded", { ...c, causal: false, mask: paddingMask(2, 7, [2, 0]) }, 22);
+});
+
+Deno.test("attention grouped H6 KV1 Dh8", async () => {
+  const c: Case = {
+    batch: 2,
+    heads: 6,
+    kvHeads: 1,
+    tq: 7,
+    tk: 7,
+    headDim: 8,
+    causal: true,
+    mask: paddingMask(2, 7, [1, 4]),
+  };
+  await checkCase("H6 KV1 causal padded", c, 23);
+  await checkCase("H6 KV1 Tq3 Tk7", { ...c, tq: 3 }, 24);
+});
+
+Deno.test("attention grouped qwen H14 KV2 Dh64", async () => {
+  // Qwen2.5-0.5B: 14 query heads of size 64 share 2 key/value heads.
+  const c: Case = {
+    batch: 2,
+    heads: 14,
+    kvHeads: 2,
+    tq: 13,
+    tk: 13,
+    headDim: 64,
+    causal: true,
+    mask: paddingMask(2, 13, [0, 5]),
+  };
+  const { gpu, x } = await checkCase("H14 KV2 causal padded", c, 25);
+  // Each dk and dv element sums 7 heads in a fixed order, so a second run repeats every bit.
+  assertIdentical("H14 KV2 second run", await runGpu(c, x), gpu);
+});
+
+Deno.test("attention grouped T70 two strides", async () => {
+  // 70 queries take two strides of the 64-thread workgroup when a key gathers its column.
+  const c: Case = {
+    batch: 1,
+    heads: 4,
+    kvHeads: 2,
+    tq: 70,
+    tk: 70,
+    headDim: 12,
+    causal: true,
+    mask: paddingMask(1, 70, [6]),
+  };
+  await checkCase("H4 KV2 T70", c, 26);
+});
+
+Deno.test("attention grouped fully masked entry", async () => {
+  const batch = 2, heads = 6, kvHeads = 2, t = 5, headDim = 8;
+  const c: Case = {
+    batch,
+    heads,
+    kvHeads,
+    tq: t,
+    tk: t,
+    headDim,
+    causal: true,
+    mask: paddingMask(batch, t, [t, 1]),
+  };
+  const { gpu } = await checkCase("grouped fully masked", c, 27);
+  // Batch entry 0 has no real key, and its rows are defined as zeros.
+  assertAllZero(gpu.out.subarray(0, t * heads * headDim), "masked out");
+  assertAllZero(gpu.probs.subarray(0, heads * t * t), "masked probs");
+  assertAllZero(gpu.dq.subarray(0, t * heads * headDim), "masked dq");
+  assertAllZero(gpu.dk.subarray(0, t * kvHeads * headDim), "masked dk");
+  assertAllZero(gpu.dv.subarray(0, t * kvHeads * headDim), "masked dv");
+});
+
+Deno.test("attention grouped decode step Tq1", async () => {
+  const batch = 2, heads = 14, kvHeads = 2, t = 9, headDim = 64;
+  const mask = paddingMask(batch, t, [0, 3]);
+  const full: Case = { batch, heads, kvHeads, tq: t, tk: t, headDim, causal: true, mask };
+  const x = makeInputs(full, 28);
+  const fullGpu = await runGpu(full, x);
+  compareAll("grouped full", fullGpu, referenceBackward(full, x));
+
+  const width = heads * headDim;
+  const step: Case = { ...full, tq: 1 };
+  const stepInputs = {
+    ...x,
+    q: timeRows(x.q, batch, t, width, t - 1, 1),
+    dOut: timeRows(x.dOut, batch, t, width, t - 1, 1),
+  };
+  const stepGpu = await runGpu(step, stepInputs);
+  compareAll("grouped step", stepGpu, referenceBackward(step, stepInputs));
+  // The last row of full causal attention runs the same arithmetic in the same order.
+  assertClose(
+    stepGpu.out,
+    timeRows(fullGpu.out, batch, t, width, t - 1, 1),
+    0,
+    0,
+    "grouped step vs last row out",
+  );
+  assertClose(
+    stepGpu.probs,
+    timeRows(fullGpu.probs, batch * heads, t, t, t - 1, 1),
+    0,
+    0,
+    "grouped step vs last row probs",
+  );
+});
+
+Deno.test("attention grouped vs repeated kv", async () => {
+  // Multi-head attention on explicitly repeated k and v must give the grouped results: the
+  // forward and dq run the same arithmetic, and dk, dv are the per-head gradients summed.
+  const grouped: Case = {
+    batch: 2,
+    heads: 6,
+    kvHeads: 2,
+    tq: 6,
+    tk: 6,
+    headDim: 8,
+    causal: true,
+    mask: paddingMask(2, 6, [0, 2]),
+  };
+  const x = makeInputs(grouped, 29);
+  const groupedGpu = await runGpu(grouped, x);
+  const repeated: Case = { ...grouped, kvHeads: undefined };
+  const repeatedInputs = { ...x, k: repeatKv(grouped, x.k, 6), v: repeatKv(grouped, x.v, 6) };
+  const repeatedGpu = await runGpu(repeated, repeatedInputs);
+  for (const key of ["out", "probs", "dq"] as const) {
+    assertClose(groupedGpu[key], repeatedGpu[key], 0, 0, `grouped vs repeated ${key}`);
+  }
+  const dk = sumRepeatedKv(grouped, Float64Array.from(repeatedGpu.dk), 6);
+  const dv = sumRepeatedKv(grouped, Float64Array.from(repeatedGpu.dv), 6);
+  // Three f32 head sums added in another order: differences stay at f32 rounding of values < 10.
+  assertClose(groupedGpu.dk, dk, 1e-6, 1e-5, "grouped vs repeated dk");
+  assertClose(groupedGpu.dv, dv, 1e-6, 1e-5, "grouped vs repeated dv");
+});
+
+Deno.test("attention grouped packed vs separate", async () => {
+  const c: Case = {
+    batch: 2,
+    heads: 6,
+    kvHeads: 2,
+    tq: 7,
+    tk: 7,
+    headDim: 8,
+    causal: true,
+    mask: paddingMask(2, 7, [0, 3]),
+  };
+  const x = makeInputs(c, 30);
+  const separate = await runGpu(c, x);
+  compareAll("grouped separate", separate, referenceBackward(c, x));
+  assertIdentical(
+    "grouped packed both",
+    await runGpu(c, x, { packedInput: true, packedGrad: true }),
+    separate,
+  );
+});
+
+Deno.test("attention kvHeads equal to heads", async () => {
+  // An explicit kvHeads = heads is the default path: bit-identical results.
+  const c: Case = {
+    batch: 2,
+    heads: 3,
+    tq: 6,
+    tk: 6,
+    headDim: 12,
+    causal: true,
+    mask: paddingMask(2, 6, [0, 2]),
+  };
+  const x = makeInputs(c, 31);
+  const implicit = await runGpu(c, x);
+  assertIdentical("kvHeads = heads", await runGpu({ ...c, kvHeads: 3 }, x), implicit);
+});
+
+Deno.test("attention rejects invalid kvHeads", () => {
+  const q = new Float32Array(6 * 8);
+  const kv = new Float32Array(4 * 8);
+  const notDivisor = captureError(() =>
+    tidy(() => {
+      const k = fromArray(kv, [1, 1, 4 * 8]);
+      attention({ q: fromArray(q, [1, 1, 6 * 8]), k, v: k, heads: 6, kvHeads: 4 });
+    })
+  );
+  assert(notDivisor.includes("kvHeads"), `unexpected error: ${notDivisor}`);
+  const wrongWidth = captureError(() =>
+    tidy(() => {
+      const k = fromArray(kv, [1, 1, 4 * 8]);
+      attention({ q: fromArray(q, [1, 1, 6 * 8]), k, v: k, heads: 6, kvHeads: 2 });
+    })
+  );
+  assert(wrongWidth.includes("k and v widths 32, 32"), `unexpected error: ${wrongWidth}`);
 });
 
 function captureError(fn: () => void): string {

@@ -1,0 +1,152 @@
+// Qwen2 and Llama causal language models (Hugging Face Qwen2ForCausalLM, LlamaForCausalLM).
+// Parameter names are the checkpoint keys: "model.layers.0.self_attn.q_proj.weight", ...
+// The two architectures differ only in flags: Qwen2 has biases on q/k/v, Llama has none
+// (unless attention_bias); lm_head is tied to embed_tokens when tie_word_embeddings is set.
+
+import { Module } from "../engine/nn.ts";
+import * as ops from "../engine/ops.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import type { CausalLM, LayerCache, LmOutput } from "./lm.ts";
+import { Linear, normal } from "./layers.ts";
+
+export interface Qwen2Config {
+  model_type: "qwen2" | "llama";
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  max_position_embeddings: number;
+  rms_norm_eps: number;
+  rope_theta: number;
+  attention_bias: boolean; // biases on q, k and v projections
+  tie_word_embeddings: boolean;
+  bos_token_id: number;
+  eos_token_id: number;
+}
+
+class RmsNorm extends Module {
+  readonly weight: Tensor;
+  constructor(width: number, readonly eps: number) {
+    super();
+    this.weight = this.addParameter("weight", [width], { kind: "ones" });
+  }
+  forward(x: Tensor): Tensor {
+    return ops.rmsNorm(x, this.weight, this.eps);
+  }
+}
+
+class DecoderLayer extends Module {
+  private readonly inputNorm: RmsNorm;
+  private readonly q: Linear;
+  private readonly k: Linear;
+  private readonly v: Linear;
+  private readonly o: Linear;
+  private readonly postNorm: RmsNorm;
+  private readonly gate: Linear;
+  private readonly up: Linear;
+  private readonly down: Linear;
+
+  constructor(private readonly config: Qwen2Config, seed: number, prefix: string) {
+    super();
+    const c = config;
+    const d = c.hidden_size;
+    const qWidth = c.num_attention_heads * c.head_dim;
+    const kvWidth = c.num_key_value_heads * c.head_dim;
+    this.inputNorm = this.addModule("input_layernorm", new RmsNorm(d, c.rms_norm_eps));
+    const attn = this.addModule("self_attn", new Module());
+    this.q = attn.addModule("q_proj", new Linear(d, qWidth, seed, `${prefix}.q_proj`, c.attention_bias));
+    this.k = attn.addModule("k_proj", new Linear(d, kvWidth, seed, `${prefix}.k_proj`, c.attention_bias));
+    this.v = attn.addModule("v_proj", new Linear(d, kvWidth, seed, `${prefix}.v_proj`, c.attention_bias));
+    this.o = attn.addModule("o_proj", new Linear(qWidth, d, seed, `${prefix}.o_proj`, false));
+    this.postNorm = this.addModule("post_attention_layernorm", new RmsNorm(d, c.rms_norm_eps));
+    const mlp = this.addModule("mlp", new Module());
+    this.gate = mlp.addModule("gate_proj", new Linear(d, c.intermediate_size, seed, `${prefix}.gate_proj`, false));
+    this.up = mlp.addModule("up_proj", new Linear(d, c.intermediate_size, seed, `${prefix}.up_proj`, false));
+    this.down = mlp.addModule("down_proj", new Linear(c.intermediate_size, d, seed, `${prefix}.down_proj`, false));
+  }
+
+  forward(x: Tensor, mask: Tensor | null, cache: LayerCache | null, useCache: boolean, offset: number) {
+    const c = this.config;
+    const h = this.inputNorm.forward(x);
+    const rope = { headDim: c.head_dim, positionOffset: offset, theta: c.rope_theta };
+    let q = this.q.forward(h); // (B, T, H * Dh)
+    let k = this.k.forward(h); // (B, T, Hkv * Dh)
+    let v = this.v.forward(h);
+    q = ops.rope(q, { ...rope, heads: c.num_attention_heads });
+    k = ops.rope(k, { ...rope, heads: c.num_key_value_heads });
+    if (cache) {
+      k = ops.concatSeq([cache.key, k]); // (B, T_past + T, Hkv * Dh)
+      v = ops.concatSeq([cache.value, v]);
+    }
+    const a = ops.attention(q, k, v, {
+      heads: c.num_attention_heads,
+      kvHeads: c.num_key_value_heads,
+      causal: true,
+      keyPaddingMask: mask,
+    });
+    x = ops.add(x, this.o.forward(a));
+
+    const m = this.postNorm.forward(x);
+    x = ops.add(x, this.down.forward(ops.swiglu(this.gate.forward(m), this.up.forward(m))));
+    return { out: x, cache: useCache ? { key: k, value: v } : null };
+  }
+}
+
+export class Qwen2Model extends Module implements CausalLM {
+  readonly config: Qwen2Config;
+  private readonly embedTokens: Tensor;
+  private readonly layers: DecoderLayer[] = [];
+  private readonly norm: RmsNorm;
+  private readonly lmHead: Tensor; // embed_tokens itself when tied
+
+  constructor(config: Qwen2Config, seed: number) {
+    super();
+    this.config = config;
+    const d = config.hidden_size;
+    const model = this.addModule("model", new Module());
+    this.embedTokens = model.addModule("embed_tokens", new Module()).addParameter("weight", [config.vocab_size, d], normal(seed, "embed_tokens"));
+    const layers = model.addModule("layers", new Module());
+    for (let i = 0; i < config.num_hidden_layers; i++) {
+      this.layers.push(layers.addModule(`${i}`, new DecoderLayer(config, seed, `layers.${i}`)));
+    }
+    this.norm = model.addModule("norm", new RmsNorm(d, config.rms_norm_eps));
+    this.lmHead = config.tie_word_embeddings
+      ? this.embedTokens
+      : this.addModule("lm_head", new Module()).addParameter("weight", [config.vocab_size, d], normal(seed, "lm_head"));
+  }
+
+  get width(): number {
+    return this.config.hidden_size;
+  }
+
+  get vocabSize(): number {
+    return this.config.vocab_size;
+  }
+
+  get maxPositions(): number {
+    return this.config.max_position_embeddings;
+  }
+
+  embed(inputIds: Tensor): Tensor {
+    return ops.embedding(inputIds, this.embedTokens);
+  }
+
+  forward(inputsEmbeds: Tensor, attentionMask: Tensor | null, cache: LayerCache[] | null = null, useCache = cache !== null): LmOutput {
+    const past = cache ? cache[0].key.shape[1] : 0;
+    let x = inputsEmbeds;
+    const next: LayerCache[] = [];
+    this.layers.forEach((layer, i) => {
+      const r = layer.forward(x, attentionMask, cache ? cache[i] : null, useCache, past);
+      x = r.out;
+      if (r.cache) next.push(r.cache);
+    });
+    return { hiddenStates: this.norm.forward(x), cache: useCache ? next : null };
+  }
+
+  logits(hidden: Tensor): Tensor {
+    return ops.linear(hidden, this.lmHead, null, "out_in");
+  }
+}
