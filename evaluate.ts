@@ -3,7 +3,7 @@
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { resolveSize } from "./model/config.ts";
+import { resolveSize, type SizeConfig } from "./model/config.ts";
 import { Captioner } from "./model/captioner.ts";
 import { generate } from "./model/generate.ts";
 import { checkpointDir, loadCheckpoint } from "./io/checkpoint.ts";
@@ -25,7 +25,7 @@ runs/NAME/eval-SPLIT/.
 
 Options:
   -C, --checkpoint-name NAME  run to evaluate (required)
-  -S, --size SIZE             model size the run was trained with: S, L or T (required)
+  -S, --size SIZE             model size the run was trained with: S, L, T, Q or TQ (required)
       --checkpoint WHICH      best or last (default best)
       --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
                               cache, then download)
@@ -101,14 +101,14 @@ async function main(): Promise<void> {
   const dir = await checkpointDir(runDir, values.checkpoint as "best" | "last");
   if (!dir) throw new UsageError(`no ${values.checkpoint} checkpoint in ${runDir}: train it first with deno task train -C ${values["checkpoint-name"]} -S ${values.size}`);
   const saved = await loadCheckpoint(dir);
-  const savedConfig = saved.config as { size?: string; lm?: { config: { vocab_size: number; eos_token_id: number; bos_token_id: number } }; train?: { max_len: number } };
+  const savedConfig = saved.config as { size?: string; lm?: SizeConfig["lm"]; train?: { max_len: number } };
   const size = resolveSize(values.size);
   if (savedConfig.size !== size.name) {
     throw new UsageError(`checkpoint ${dir} was trained with size ${savedConfig.size}, not ${size.name}: pass -S ${savedConfig.size}`);
   }
   if (!saved.tokenizer) throw new UsageError(`checkpoint ${dir} has no tokenizer.json; it is incomplete, train again`);
   const tokenizer = new HfTokenizer(saved.tokenizer.json as never, saved.tokenizer.config);
-  size.lm.config = { ...size.lm.config, ...savedConfig.lm!.config };
+  if (savedConfig.lm) size.lm = savedConfig.lm;
   const maxLen = parseNumber("max-len", values["max-len"], positiveInt, "a positive integer") ?? savedConfig.train?.max_len ?? size.train.max_len;
 
   const dataset = values.data ? await loadDataset(values.data) : await loadDefaultDataset();

@@ -22,7 +22,7 @@ checkpoint, training resumes from the last complete one.
 
 Options:
   -C, --checkpoint-name NAME  run name; checkpoints go to runs/NAME (required)
-  -S, --size SIZE             model size: S, L or T, case-insensitive (required)
+  -S, --size SIZE             model size: S, L, T, Q or TQ, case-insensitive (required)
       --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
                               cache, then download)
       --lm DIR                language model directory for sizes S and L (same default)
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
     return;
   }
   if (!values["checkpoint-name"]) throw new UsageError("missing -C/--checkpoint-name: name the run, e.g. -C demo");
-  if (!values.size) throw new UsageError("missing -S/--size: choose S, L or T, e.g. -S T");
+  if (!values.size) throw new UsageError("missing -S/--size: choose S, L, T, Q or TQ, e.g. -S T");
 
   const runDir = runDirFor(values["checkpoint-name"]);
   const size = resolveSize(values.size);

@@ -6,6 +6,7 @@ import * as ops from "../engine/ops.ts";
 import { fromArray, type Tensor } from "../engine/tensor.ts";
 import type { SizeConfig } from "./config.ts";
 import { Gpt2Model } from "./gpt2.ts";
+import { Qwen2Model } from "./qwen2.ts";
 import type { CausalLM, LayerCache } from "./lm.ts";
 import { Mapper } from "./mapper.ts";
 
@@ -26,7 +27,7 @@ export class Captioner {
   // `lm` is a loaded pretrained model; without it the LM starts from the size's seed.
   constructor(readonly size: SizeConfig, clipWidth: number, lm?: CausalLM) {
     const seed = size.train.seed;
-    this.lm = lm ?? new Gpt2Model(size.lm.config, seed + 1);
+    this.lm = lm ?? createLm(size, seed + 1);
     this.mapper = new Mapper(clipWidth, this.lm.width, size.mapper, seed + 2);
     this.lm.setTrainable(size.train.train_lm);
   }
@@ -80,6 +81,12 @@ export class Captioner {
     const { hiddenStates, cache: next } = this.lm.forward(this.lm.embed(ids), mask, cache);
     return { cache: next!, logits: ops.reshape(this.lm.logits(hiddenStates), [B, this.lm.vocabSize]) };
   }
+}
+
+// A randomly initialised LM of the size's architecture.
+export function createLm(size: SizeConfig, seed: number): CausalLM {
+  const spec = size.lm;
+  return spec.arch === "gpt2" ? new Gpt2Model(spec.config, seed) : new Qwen2Model(spec.config, seed);
 }
 
 // Builds the GPU tensors of a training batch from collated host arrays.

@@ -27,6 +27,29 @@ export interface Gpt2Config {
   eos_token_id: number;
 }
 
+// Qwen2ForCausalLM / LlamaForCausalLM configuration, in Hugging Face's field names.
+export interface Qwen2Config {
+  model_type: "qwen2" | "llama";
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  max_position_embeddings: number;
+  rms_norm_eps: number;
+  rope_theta: number;
+  attention_bias: boolean; // biases on q, k and v projections
+  tie_word_embeddings: boolean;
+  bos_token_id: number;
+  eos_token_id: number;
+}
+
+export type LmSpec =
+  | { arch: "gpt2"; pretrained: string | null; config: Gpt2Config }
+  | { arch: "qwen2"; pretrained: string | null; config: Qwen2Config };
+
 export interface MapperConfig {
   ep_len: number; // prefix embeddings handed to the LM
   num_layers: number;
@@ -48,10 +71,10 @@ export interface TrainConfig {
 }
 
 export interface SizeConfig {
-  name: "S" | "L" | "T";
+  name: "S" | "L" | "T" | "Q" | "TQ";
   description: string;
   clip: { pretrained: string | null; config: ClipVisionConfig };
-  lm: { pretrained: string | null; config: Gpt2Config };
+  lm: LmSpec;
   mapper: MapperConfig;
   train: TrainConfig;
 }
@@ -94,12 +117,31 @@ const GPT2: Gpt2Config = {
 
 const GPT2_MEDIUM: Gpt2Config = { ...GPT2, n_embd: 1024, n_layer: 24, n_head: 16 };
 
+// Qwen/Qwen2.5-0.5B's config.json values; a loaded checkpoint's own config replaces them.
+const QWEN25_05B: Qwen2Config = {
+  model_type: "qwen2",
+  vocab_size: 151936,
+  hidden_size: 896,
+  intermediate_size: 4864,
+  num_hidden_layers: 24,
+  num_attention_heads: 14,
+  num_key_value_heads: 2,
+  head_dim: 64,
+  max_position_embeddings: 32768,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000,
+  attention_bias: true,
+  tie_word_embeddings: true,
+  bos_token_id: 151643,
+  eos_token_id: 151643,
+};
+
 export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
   S: {
     name: "S",
     description: "CLIP ViT-B/32 + GPT-2 (124M), pretrained and frozen; only the mapper trains",
     clip: { pretrained: "openai/clip-vit-base-patch32", config: CLIP_B32 },
-    lm: { pretrained: "gpt2", config: GPT2 },
+    lm: { arch: "gpt2", pretrained: "gpt2", config: GPT2 },
     mapper: { ep_len: 4, num_layers: 6, n_heads: 16, forward_expansion: 4, dropout: 0.1 },
     train: {
       lr: 3e-3,
@@ -117,7 +159,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     name: "L",
     description: "CLIP ViT-L/14 + GPT-2 medium (355M), pretrained and frozen; only the mapper trains",
     clip: { pretrained: "openai/clip-vit-large-patch14", config: CLIP_L14 },
-    lm: { pretrained: "gpt2-medium", config: GPT2_MEDIUM },
+    lm: { arch: "gpt2", pretrained: "gpt2-medium", config: GPT2_MEDIUM },
     mapper: { ep_len: 4, num_layers: 5, n_heads: 16, forward_expansion: 4, dropout: 0.08 },
     train: {
       lr: 5e-3,
@@ -147,9 +189,72 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
       },
     },
     lm: {
+      arch: "gpt2",
       pretrained: null,
       // vocab_size and token ids are set from the word-level tokenizer built for the run.
       config: { ...GPT2, vocab_size: 0, n_positions: 64, n_embd: 128, n_layer: 2, n_head: 4, bos_token_id: 0, eos_token_id: 0 },
+    },
+    mapper: { ep_len: 4, num_layers: 2, n_heads: 4, forward_expansion: 4, dropout: 0.1 },
+    train: {
+      lr: 2e-3,
+      batch_size: 32,
+      epochs: 20,
+      warmup_steps: 40,
+      weight_decay: 0.01,
+      max_grad_norm: 1.0,
+      max_len: 24,
+      train_lm: true,
+      seed: 100,
+    },
+  },
+  Q: {
+    name: "Q",
+    description: "CLIP ViT-B/32 + Qwen2.5-0.5B, pretrained and frozen (16-bit weights on the GPU); only the mapper trains",
+    clip: { pretrained: "openai/clip-vit-base-patch32", config: CLIP_B32 },
+    lm: { arch: "qwen2", pretrained: "Qwen/Qwen2.5-0.5B", config: QWEN25_05B },
+    mapper: { ep_len: 4, num_layers: 6, n_heads: 16, forward_expansion: 4, dropout: 0.1 },
+    train: {
+      lr: 3e-3,
+      batch_size: 64,
+      epochs: 150,
+      warmup_steps: 6000,
+      weight_decay: 0.01,
+      max_grad_norm: 1.0,
+      max_len: 40,
+      train_lm: false,
+      seed: 100,
+    },
+  },
+  TQ: {
+    name: "TQ",
+    description: "size T with a tiny Qwen2-architecture LM (RMSNorm, RoPE, grouped-query attention, SwiGLU) " +
+      "in place of GPT-2; for comparing the two architectures on the same data",
+    clip: {
+      pretrained: null,
+      config: { ...CLIP_B32, hidden_size: 96, intermediate_size: 384, num_hidden_layers: 2, num_attention_heads: 4, projection_dim: 96 },
+    },
+    lm: {
+      arch: "qwen2",
+      pretrained: null,
+      // Same width, depth and query heads as T's GPT-2, with 2 KV heads. The SwiGLU width makes
+      // the MLP as large as GPT-2's: 3 * 128 * 344 = 132,096 weights against 2 * 128 * 512 = 131,072.
+      config: {
+        model_type: "qwen2",
+        vocab_size: 0,
+        hidden_size: 128,
+        intermediate_size: 344,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        max_position_embeddings: 64,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000,
+        attention_bias: true,
+        tie_word_embeddings: true,
+        bos_token_id: 0,
+        eos_token_id: 0,
+      },
     },
     mapper: { ep_len: 4, num_layers: 2, n_heads: 4, forward_expansion: 4, dropout: 0.1 },
     train: {

@@ -7,25 +7,10 @@ import { Module } from "../engine/nn.ts";
 import * as ops from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { CausalLM, LayerCache, LmOutput } from "./lm.ts";
+import type { Qwen2Config } from "./config.ts";
+export type { Qwen2Config } from "./config.ts";
 import { Linear, normal } from "./layers.ts";
 
-export interface Qwen2Config {
-  model_type: "qwen2" | "llama";
-  vocab_size: number;
-  hidden_size: number;
-  intermediate_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
-  num_key_value_heads: number;
-  head_dim: number;
-  max_position_embeddings: number;
-  rms_norm_eps: number;
-  rope_theta: number;
-  attention_bias: boolean; // biases on q, k and v projections
-  tie_word_embeddings: boolean;
-  bos_token_id: number;
-  eos_token_id: number;
-}
 
 class RmsNorm extends Module {
   readonly weight: Tensor;

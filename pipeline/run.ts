@@ -8,8 +8,8 @@ import { getRuntime } from "../engine/runtime.ts";
 import { tidy } from "../engine/tensor.ts";
 import { ClipVisionModel } from "../model/clip_vision.ts";
 import type { SizeConfig } from "../model/config.ts";
-import type { Gpt2Model } from "../model/gpt2.ts";
-import { loadClipVision, loadGpt2 } from "../model/hf.ts";
+import type { CausalLM } from "../model/lm.ts";
+import { loadClipVision, loadGpt2, loadQwen2 } from "../model/hf.ts";
 import { getOrComputeEmbeddings } from "../data/embedding_cache.ts";
 import type { ClipPreprocessOptions } from "../data/clip_preprocess.ts";
 import { type HfTokenizer, loadTokenizer } from "../data/tokenizer.ts";
@@ -115,7 +115,7 @@ async function readPreprocessorConfig(dir: string): Promise<ClipPreprocessOption
 }
 
 export interface LoadedLm {
-  lm: Gpt2Model | null; // null: the captioner builds a random LM from the size's seed
+  lm: CausalLM | null; // null: the captioner builds a random LM from the size's seed
   tokenizer: HfTokenizer | null; // null: size T builds a word-level tokenizer from captions
 }
 
@@ -127,9 +127,17 @@ export async function loadLm(size: SizeConfig, sources: ModelSources): Promise<L
     explicitDir: sources.lmDir,
     dirOption: "--lm",
   });
-  const lm = await loadGpt2(dir);
+  let lm: CausalLM;
+  if (size.lm.arch === "gpt2") {
+    const gpt2 = await loadGpt2(dir);
+    size.lm.config = gpt2.config;
+    lm = gpt2;
+  } else {
+    const qwen2 = await loadQwen2(dir);
+    size.lm.config = qwen2.config;
+    lm = qwen2;
+  }
   lm.setTrainable(size.train.train_lm);
-  size.lm.config = lm.config;
   return { lm, tokenizer: loadTokenizer(dir) };
 }
 

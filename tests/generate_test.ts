@@ -13,6 +13,7 @@ const E = 20;
 
 function tinyCaptioner(): Captioner {
   const size = resolveSize("T");
+  if (size.lm.arch !== "gpt2") throw new Error("size T uses GPT-2");
   size.lm.config = { ...size.lm.config, vocab_size: VOCAB, n_embd: 24, n_layer: 2, n_head: 3, n_positions: 32 };
   size.mapper = { ...size.mapper, num_layers: 1, n_heads: 2 };
   const model = new Captioner(size, E);

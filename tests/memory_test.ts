@@ -13,6 +13,7 @@ await gpuReady();
 
 Deno.test("training step memory stable over 100 steps", async () => {
   const size = resolveSize("T");
+  if (size.lm.arch !== "gpt2") throw new Error("size T uses GPT-2");
   size.lm.config = { ...size.lm.config, vocab_size: 53, n_embd: 32, n_layer: 1, n_head: 2, n_positions: 16 };
   size.mapper = { ...size.mapper, num_layers: 1, n_heads: 2 };
   const E = 24;
