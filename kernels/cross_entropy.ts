@@ -7,8 +7,7 @@
 
 import { type BindingKind, rt } from "../engine/runtime.ts";
 import { empty, Tensor } from "../engine/tensor.ts";
-import { grid1d, packParams } from "./common.ts";
-import { chunkBinding, rowChunks } from "./reduce.ts";
+import { chunkBinding, grid1d, packParams, rowChunks } from "./common.ts";
 
 // Threads per row; 256 is a power of two (the tree reductions need one) and leaves each thread
 // about 200 logits of a GPT-2 vocabulary row.

@@ -3,7 +3,10 @@
 
 import { rt } from "../engine/runtime.ts";
 import { empty, Tensor } from "../engine/tensor.ts";
-import { ceilDiv, grid1d, packParams } from "./common.ts";
+import { ceilDiv, chunkBinding, grid1d, packParams, type RowChunk, rowChunks } from "./common.ts";
+
+// Re-exported so that imports of the row chunking from this module keep working.
+export { chunkBinding, type RowChunk, rowChunks } from "./common.ts";
 
 // Threads per workgroup of the 1-D and row kernels; 256 is a power of two (the tree reductions
 // need one) and gives each thread about 200 columns of a GPT-2 vocabulary row.
@@ -33,55 +36,6 @@ function matrixShape(caller: string, x: Tensor): [number, number] {
   const cols = x.shape[x.shape.length - 1];
   if (cols < 1) throw new Error(`${caller}: rows of shape [${x.shape}] are empty`);
   return [x.size / cols, cols];
-}
-
-// ---- binding chunks ---------------------------------------------------------------------------
-
-// A range of whole rows that fits in one storage binding.
-export interface RowChunk {
-  row0: number; // first row of the chunk
-  rows: number;
-  byteOffset: number; // binding start, a multiple of minStorageBufferOffsetAlignment
-  byteSize: number; // binding length in bytes
-  elementOffset: number; // index of the chunk's first element inside the binding
-}
-
-// Splits `rows` rows of `cols` 4-byte elements into ranges that each fit one storage binding
-// (rt().gpu.maxBindingBytes), so one kernel can walk a matrix larger than a binding, such as
-// 1024 rows of GPT-2 logits (206 MB). Bindings start at aligned offsets, so each chunk also
-// records where its first row lies inside its binding.
-export function rowChunks(rows: number, cols: number): RowChunk[] {
-  const rowBytes = cols * 4;
-  const totalBytes = rows * rowBytes;
-  const maxBytes = rt().gpu.maxBindingBytes;
-  if (totalBytes <= maxBytes) {
-    return [{ row0: 0, rows, byteOffset: 0, byteSize: Math.max(totalBytes, 4), elementOffset: 0 }];
-  }
-  const alignment = rt().device.limits.minStorageBufferOffsetAlignment;
-  // The aligned start can precede the first row by up to alignment - 4 bytes.
-  const rowsPerChunk = Math.floor((maxBytes - alignment) / rowBytes);
-  if (rowsPerChunk < 1) {
-    throw new Error(`a row of ${cols} f32 values does not fit in one storage binding of ${maxBytes} bytes`);
-  }
-  const chunks: RowChunk[] = [];
-  for (let row0 = 0; row0 < rows; row0 += rowsPerChunk) {
-    const chunkRows = Math.min(rowsPerChunk, rows - row0);
-    const start = row0 * rowBytes;
-    const byteOffset = Math.floor(start / alignment) * alignment;
-    chunks.push({
-      row0,
-      rows: chunkRows,
-      byteOffset,
-      byteSize: start + chunkRows * rowBytes - byteOffset,
-      elementOffset: (start - byteOffset) / 4,
-    });
-  }
-  return chunks;
-}
-
-// The byte range of `t` that `chunk` covers, as a bind group entry.
-export function chunkBinding(t: Tensor, chunk: RowChunk): { buffer: GPUBuffer; offset: number; size: number } {
-  return { buffer: t.buffer, offset: chunk.byteOffset, size: chunk.byteSize };
 }
 
 function rowParams(chunk: RowChunk, cols: number, k = 0): Uint32Array {

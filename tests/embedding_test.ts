@@ -1,3 +1,4 @@
+import { rt } from "../engine/runtime.ts";
 import { fromArray, Tensor, tidy } from "../engine/tensor.ts";
 import { embedding, embeddingBackward } from "../kernels/embedding.ts";
 import { assert, assertClose, dot, finiteDifferences, gpuReady, randomArray } from "./testing.ts";
@@ -192,4 +193,53 @@ Deno.test("embedding backward ignores ids outside", async () => {
   const dOut = asF32(randomArray(4 * dim, 12));
   const grad = await readAndDispose(tidy(() => embeddingBackward(fromArray(ids, [4], "i32"), fromArray(dOut, [4, dim]), vocab)));
   assertClose(grad, refScatter(ids, dOut, dim, 0, vocab), 1e-7, 0, "ids -1 and 5 skipped"); // two-term sums
+});
+
+// ---- GPT-2's table at the adapter's binding limit ----
+
+// GPT-2's token embedding (50257 x 768, 154 MB) exceeds the 128 MiB binding limit of common
+// adapters, so one table tensor is bound as several windows of rows.
+const GPT2_WIDTH = 768;
+
+// Uniform values in [-1, 1) as f32, without the float64 copy that randomArray would make.
+function randomF32(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = (s >>> 0) / 2147483648 - 1;
+  }
+  return out;
+}
+
+// Rows per binding window of a table of this width, where the first window ends.
+function windowRows(dim: number): number {
+  const alignment = rt().device.limits.minStorageBufferOffsetAlignment;
+  return Math.floor((rt().gpu.maxBindingBytes - alignment) / (dim * 4));
+}
+
+Deno.test("embedding GPT-2 table gather", async () => {
+  const dim = GPT2_WIDTH, n = 96;
+  assert(VOCAB * dim * 4 > rt().gpu.maxBindingBytes, `the table fits one binding of ${rt().gpu.maxBindingBytes} bytes`);
+  const edge = windowRows(dim);
+  const ids = randomIds(n, VOCAB, 13);
+  ids.set([0, edge - 1, edge, VOCAB - 1, edge, -1]); // window edges, a repeat and an id outside
+  const table = randomF32(VOCAB * dim, 14);
+  const out = await readAndDispose(tidy(() => embedding(fromArray(ids, [n], "i32"), fromArray(table, [VOCAB, dim]))));
+  assertClose(out, refGather(ids, table, VOCAB, dim), 0, 0, "GPT-2 table"); // copies: exact
+  for (let d = 0; d < dim; d++) assert(Number.isNaN(out[5 * dim + d]), `row of id -1 holds ${out[5 * dim + d]}, expected NaN`);
+});
+
+Deno.test("embedding GPT-2 table backward", async () => {
+  const dim = GPT2_WIDTH, n = 96;
+  const edge = windowRows(dim);
+  const ids = randomIds(n, VOCAB, 15);
+  ids.set([edge - 1, edge, edge, VOCAB - 1]); // window edges and a repeat
+  const dOut = randomF32(n * dim, 16);
+  const grad = tidy(() => embeddingBackward(fromArray(ids, [n], "i32"), fromArray(dOut, [n, dim]), VOCAB));
+  const actual = await readAndDispose(grad);
+  // Sums of at most a few f32 terms of size <= 1.
+  assertClose(actual, refScatter(ids, dOut, dim, 0, VOCAB), 1e-6, 1e-6, "GPT-2 gradient");
 });

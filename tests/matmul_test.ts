@@ -1,6 +1,7 @@
-import { fromArray, tidy } from "../engine/tensor.ts";
-import { matmul } from "../kernels/matmul.ts";
-import { assertClose, gpuReady, randomArray } from "./testing.ts";
+import { rt } from "../engine/runtime.ts";
+import { fromArray, Tensor, tidy } from "../engine/tensor.ts";
+import { matmul, planMatmulBlocks } from "../kernels/matmul.ts";
+import { assert, assertClose, gpuReady, randomArray } from "./testing.ts";
 
 await gpuReady();
 
@@ -86,4 +87,124 @@ Deno.test("matmul accumulate and alpha", async () => {
   const actual = await out.toFloat32();
   out.dispose();
   assertClose(actual, expected, 1e-5, 1e-5, "accumulate"); // f32 rounding over 11 terms
+});
+
+// ---- GPT-2 language-model head at the adapter's binding limit ----
+
+// GPT-2's token embedding (vocabulary x width) is 154 MB, above the 128 MiB binding limit of
+// common adapters, so these products run block by block. Only some rows or columns are checked
+// against the reference, because a full float64 product takes seconds in TypeScript.
+const GPT2_VOCAB = 50257;
+const GPT2_WIDTH = 768;
+const HEAD_ROWS = 64;
+
+// Uniform values in [-1, 1) as f32, without the float64 copy that randomArray would make of a
+// 38.6-million-element table.
+function randomF32(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = (s >>> 0) / 2147483648 - 1;
+  }
+  return out;
+}
+
+let wteData: Float32Array | null = null;
+function gpt2Wte(): Float32Array {
+  wteData ??= randomF32(GPT2_VOCAB * GPT2_WIDTH, 7);
+  return wteData;
+}
+
+// Indices around every block boundary, the first and last, and `random` more.
+function checkedIndices(total: number, block: number, random: number, seed: number): number[] {
+  const picked = new Set([0, 1, total - 1]);
+  for (let edge = block; edge < total; edge += block) [edge - 1, edge, edge + 1].forEach((i) => picked.add(i));
+  randomArray(random, seed, 0, total).forEach((x) => picked.add(Math.floor(x)));
+  return [...picked].filter((i) => i < total).sort((x, y) => x - y);
+}
+
+async function readRows(t: Tensor, rows: number[], width: number): Promise<Float32Array> {
+  const out = new Float32Array(rows.length * width);
+  for (let r = 0; r < rows.length; r++) {
+    out.set(new Float32Array(await rt().read(t.buffer, rows[r] * width * 4, width * 4)), r * width);
+  }
+  return out;
+}
+
+Deno.test("matmul GPT-2 logits split", async () => {
+  const M = HEAD_ROWS, N = GPT2_VOCAB, K = GPT2_WIDTH;
+  const h = randomF32(M * K, 11);
+  const wte = gpt2Wte();
+  const plan = planMatmulBlocks(M, N, K, false, true);
+  assert(N * K * 4 > rt().gpu.maxBindingBytes, `wte fits one binding of ${rt().gpu.maxBindingBytes} bytes`);
+  assert(plan.blockN < N, `N is not split, plan ${JSON.stringify(plan)}`);
+  const logits = tidy(() => matmul(fromArray(h, [M, K]), fromArray(wte, [N, K]), { transB: true }));
+  const actual = await logits.toFloat32();
+  logits.dispose();
+
+  const cols = checkedIndices(N, plan.blockN, 200, 12);
+  const got = new Float64Array(M * cols.length);
+  const expected = new Float64Array(M * cols.length);
+  for (let i = 0; i < M; i++) {
+    cols.forEach((j, c) => {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += h[i * K + k] * wte[j * K + k];
+      expected[i * cols.length + c] = s;
+      got[i * cols.length + c] = actual[i * N + j];
+    });
+  }
+  // 768-term f32 sums of magnitude about 10.
+  assertClose(got, expected, 1e-4, 1e-5, "logits");
+});
+
+Deno.test("matmul GPT-2 dh split over K", async () => {
+  const M = HEAD_ROWS, N = GPT2_WIDTH, K = GPT2_VOCAB;
+  const dlogits = randomF32(M * K, 13);
+  const wte = gpt2Wte();
+  const plan = planMatmulBlocks(M, N, K, false, false);
+  assert(plan.blockK < K, `K is not split, plan ${JSON.stringify(plan)}`);
+  const dh = tidy(() => matmul(fromArray(dlogits, [M, K]), fromArray(wte, [K, N])));
+  const actual = await dh.toFloat32();
+  dh.dispose();
+
+  const rows = [0, 1, 33, M - 1];
+  const got = new Float64Array(rows.length * N);
+  const expected = new Float64Array(rows.length * N);
+  rows.forEach((i, r) => {
+    const sums = new Float64Array(N);
+    for (let k = 0; k < K; k++) {
+      const av = dlogits[i * K + k];
+      for (let j = 0; j < N; j++) sums[j] += av * wte[k * N + j];
+    }
+    expected.set(sums, r * N);
+    got.set(actual.subarray(i * N, (i + 1) * N), r * N);
+  });
+  // 50257-term f32 sums that wander to about 70: rounding of order eps * sqrt(K) * 70 = 1e-3.
+  assertClose(got, expected, 4e-3, 1e-4, "dh");
+});
+
+Deno.test("matmul GPT-2 dW split by rows", async () => {
+  const M = GPT2_VOCAB, N = GPT2_WIDTH, K = HEAD_ROWS;
+  const dlogits = randomF32(K * M, 15); // stored tokens x vocabulary, hence transA
+  const h = randomF32(K * N, 16);
+  const plan = planMatmulBlocks(M, N, K, true, false);
+  assert(plan.blockM < M, `M is not split, plan ${JSON.stringify(plan)}`);
+  const dw = tidy(() => matmul(fromArray(dlogits, [K, M]), fromArray(h, [K, N]), { transA: true }));
+  const rows = checkedIndices(M, plan.blockM, 20, 17);
+  const got = await readRows(dw, rows, N);
+  dw.dispose();
+
+  const expected = new Float64Array(rows.length * N);
+  rows.forEach((i, r) => {
+    for (let j = 0; j < N; j++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += dlogits[k * M + i] * h[k * N + j];
+      expected[r * N + j] = s;
+    }
+  });
+  // 64-term f32 sums of magnitude about 3.
+  assertClose(got, expected, 1e-5, 1e-5, "dW");
 });
