@@ -4,9 +4,11 @@
 import { empty, fromArray, Tensor } from "./tensor.ts";
 import { randomNormal } from "./init.ts";
 import { copyBlock } from "../kernels/copy.ts";
+import type { Bf16Weight } from "../kernels/matmul_bf16.ts";
 
 export class Module {
   private params = new Map<string, Tensor>();
+  private frozenBf16 = new Map<string, Bf16Slot>();
   private children = new Map<string, Module>();
   training = true;
 
@@ -17,6 +19,22 @@ export class Module {
     t.requiresGrad = true;
     this.params.set(name, t);
     return t;
+  }
+
+  // Registers a frozen weight kept as packed bf16 on the GPU (half the memory of f32). It is no
+  // parameter: it gets no gradient and is filled by the checkpoint loader.
+  addBf16Weight(name: string, rows: number, cols: number): Bf16Slot {
+    const slot: Bf16Slot = { rows, cols, weight: null };
+    this.frozenBf16.set(name, slot);
+    return slot;
+  }
+
+  // Every bf16 weight with its full dotted name.
+  namedBf16Weights(prefix = ""): [string, Bf16Slot][] {
+    const out: [string, Bf16Slot][] = [];
+    for (const [name, slot] of this.frozenBf16) out.push([prefix + name, slot]);
+    for (const [name, m] of this.children) out.push(...m.namedBf16Weights(`${prefix}${name}.`));
+    return out;
   }
 
   // Registers a submodule under `name` (PyTorch's add_module).
@@ -71,6 +89,7 @@ export class Module {
 
   dispose(): void {
     for (const t of this.parameters()) t.dispose();
+    for (const [, slot] of this.namedBf16Weights()) slot.weight?.tensor.dispose();
   }
 }
 
@@ -86,6 +105,13 @@ export function withoutInit<T>(build: () => T): T {
   } finally {
     skipInit = previous;
   }
+}
+
+// A bf16 weight's place in a module; `weight` is set once the checkpoint is loaded.
+export interface Bf16Slot {
+  rows: number;
+  cols: number;
+  weight: Bf16Weight | null;
 }
 
 export type ParamInit =

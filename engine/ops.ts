@@ -15,6 +15,12 @@ import { rmsNorm as rmsNormKernel, rmsNormBackward } from "../kernels/rmsnorm.ts
 import { rope as ropeKernel, ropeBackward, type RopeOptions } from "../kernels/rope.ts";
 import { swiglu as swigluKernel, swigluBackward } from "../kernels/swiglu.ts";
 import {
+  type Bf16Weight,
+  embeddingBf16 as embeddingBf16Kernel,
+  matmulBf16Weight,
+  matmulBf16WeightBackwardInput,
+} from "../kernels/matmul_bf16.ts";
+import {
   attention as attentionKernel,
   attentionBackward,
   attentionBackwardPacked,
@@ -191,4 +197,23 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
     const { dGate, dUp } = swigluBackward(gate, up, g);
     return [dGate, dUp];
   });
+}
+
+// x @ W^T (+ b) with W a frozen bf16 weight stored (out, in); only x (and b) get gradients.
+export function linearBf16(x: Tensor, weight: Bf16Weight, bias: Tensor | null): Tensor {
+  const inFeatures = x.shape[x.shape.length - 1];
+  if (weight.cols !== inFeatures) throw new Error(`linearBf16: input width ${inFeatures} does not match weight ${weight.rows} x ${weight.cols}`);
+  const x2 = x.view([rows(x), inFeatures]);
+  const y = matmulBf16Weight(x2, weight, { transB: true, bias }).view([...x.shape.slice(0, -1), weight.rows]);
+  return record(y, bias ? [x, bias] : [x], (g) => {
+    const g2 = g.view([rows(g), weight.rows]);
+    const dx = needsGrad(x) ? matmulBf16WeightBackwardInput(g2, weight, { transB: true }).view([...x.shape]) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    return bias ? [dx, db] : [dx];
+  });
+}
+
+// Rows of a frozen bf16 embedding table, as f32; the table gets no gradient.
+export function embeddingBf16(ids: Tensor, table: Bf16Weight): Tensor {
+  return embeddingBf16Kernel(ids, table);
 }

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { Module } from "../engine/nn.ts";
 import { withoutInit } from "../engine/nn.ts";
 import { openCheckpoint } from "../io/safetensors.ts";
+import { uploadBf16, uploadBf16Bytes } from "../kernels/matmul_bf16.ts";
 import { ClipVisionModel } from "./clip_vision.ts";
 import type { ClipVisionConfig, Gpt2Config } from "./config.ts";
 import { Gpt2Model } from "./gpt2.ts";
@@ -109,6 +110,19 @@ export async function loadWeights(module: Module, dir: string, keyFor: (name: st
       const info = checkpoint.info(key);
       module.loadParameter(name, await checkpoint.readTensor(key), info.shape, `${dir}: tensor "${key}"`);
     }
+    for (const [name, slot] of module.namedBf16Weights()) {
+      const keys = keyFor(name);
+      const key = keys.find((k) => checkpoint.has(k));
+      if (!key) throw new ModelConfigError(`${dir}: checkpoint has no tensor "${keys[0]}"; it does not match its config.json or is incomplete`);
+      const info = checkpoint.info(key);
+      if (info.shape.length !== 2 || info.shape[0] !== slot.rows || info.shape[1] !== slot.cols) {
+        throw new ModelConfigError(`${dir}: tensor "${key}" has shape [${info.shape.join(", ")}], expected [${slot.rows}, ${slot.cols}]`);
+      }
+      // BF16 tensors go to the GPU byte for byte; others are rounded to bf16 once here.
+      slot.weight = info.dtype === "BF16"
+        ? uploadBf16Bytes(await checkpoint.readRaw(key), slot.rows, slot.cols)
+        : uploadBf16(await checkpoint.readTensor(key), slot.rows, slot.cols);
+    }
   } finally {
     checkpoint.close();
   }
@@ -177,9 +191,10 @@ export function qwen2ConfigFromHf(config: Json, source: string): Qwen2Config {
   };
 }
 
-export async function loadQwen2(dir: string): Promise<Qwen2Model> {
+// `bf16Weights` keeps the projection and embedding weights as packed bf16 (for a frozen model).
+export async function loadQwen2(dir: string, bf16Weights = false): Promise<Qwen2Model> {
   const config = qwen2ConfigFromHf(await readConfig(dir), dir);
-  const model = withoutInit(() => new Qwen2Model(config, 0));
+  const model = withoutInit(() => new Qwen2Model(config, 0, bf16Weights));
   await loadWeights(model, dir, (name) => [name]);
   return model;
 }

@@ -3,13 +3,38 @@
 // The two architectures differ only in flags: Qwen2 has biases on q/k/v, Llama has none
 // (unless attention_bias); lm_head is tied to embed_tokens when tie_word_embeddings is set.
 
-import { Module } from "../engine/nn.ts";
+import { type Bf16Slot, Module } from "../engine/nn.ts";
 import * as ops from "../engine/ops.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { CausalLM, LayerCache, LmOutput } from "./lm.ts";
 import type { Qwen2Config } from "./config.ts";
 export type { Qwen2Config } from "./config.ts";
-import { Linear, normal } from "./layers.ts";
+import { normal } from "./layers.ts";
+
+// A projection y = x W^T (+ b) whose weight (out, in) is an f32 parameter, or a frozen packed
+// bf16 weight when the model is built with `bf16Weights` (biases stay f32).
+class Projection extends Module {
+  private readonly weight: Tensor | null = null;
+  private readonly slot: Bf16Slot | null = null;
+  private readonly bias: Tensor | null;
+
+  constructor(inFeatures: number, outFeatures: number, seed: number, name: string, hasBias: boolean, bf16: boolean) {
+    super();
+    if (bf16) this.slot = this.addBf16Weight("weight", outFeatures, inFeatures);
+    else this.weight = this.addParameter("weight", [outFeatures, inFeatures], normal(seed, `${name}.weight`));
+    this.bias = hasBias ? this.addParameter("bias", [outFeatures], { kind: "zeros" }) : null;
+  }
+
+  forward(x: Tensor): Tensor {
+    if (this.slot) return ops.linearBf16(x, loaded(this.slot), this.bias);
+    return ops.linear(x, this.weight!, this.bias, "out_in");
+  }
+}
+
+function loaded(slot: Bf16Slot) {
+  if (!slot.weight) throw new Error("a bf16 weight was used before the checkpoint was loaded");
+  return slot.weight;
+}
 
 
 class RmsNorm extends Module {
@@ -25,16 +50,16 @@ class RmsNorm extends Module {
 
 class DecoderLayer extends Module {
   private readonly inputNorm: RmsNorm;
-  private readonly q: Linear;
-  private readonly k: Linear;
-  private readonly v: Linear;
-  private readonly o: Linear;
+  private readonly q: Projection;
+  private readonly k: Projection;
+  private readonly v: Projection;
+  private readonly o: Projection;
   private readonly postNorm: RmsNorm;
-  private readonly gate: Linear;
-  private readonly up: Linear;
-  private readonly down: Linear;
+  private readonly gate: Projection;
+  private readonly up: Projection;
+  private readonly down: Projection;
 
-  constructor(private readonly config: Qwen2Config, seed: number, prefix: string) {
+  constructor(private readonly config: Qwen2Config, seed: number, prefix: string, bf16: boolean) {
     super();
     const c = config;
     const d = c.hidden_size;
@@ -42,15 +67,15 @@ class DecoderLayer extends Module {
     const kvWidth = c.num_key_value_heads * c.head_dim;
     this.inputNorm = this.addModule("input_layernorm", new RmsNorm(d, c.rms_norm_eps));
     const attn = this.addModule("self_attn", new Module());
-    this.q = attn.addModule("q_proj", new Linear(d, qWidth, seed, `${prefix}.q_proj`, c.attention_bias));
-    this.k = attn.addModule("k_proj", new Linear(d, kvWidth, seed, `${prefix}.k_proj`, c.attention_bias));
-    this.v = attn.addModule("v_proj", new Linear(d, kvWidth, seed, `${prefix}.v_proj`, c.attention_bias));
-    this.o = attn.addModule("o_proj", new Linear(qWidth, d, seed, `${prefix}.o_proj`, false));
+    this.q = attn.addModule("q_proj", new Projection(d, qWidth, seed, `${prefix}.q_proj`, c.attention_bias, bf16));
+    this.k = attn.addModule("k_proj", new Projection(d, kvWidth, seed, `${prefix}.k_proj`, c.attention_bias, bf16));
+    this.v = attn.addModule("v_proj", new Projection(d, kvWidth, seed, `${prefix}.v_proj`, c.attention_bias, bf16));
+    this.o = attn.addModule("o_proj", new Projection(qWidth, d, seed, `${prefix}.o_proj`, false, bf16));
     this.postNorm = this.addModule("post_attention_layernorm", new RmsNorm(d, c.rms_norm_eps));
     const mlp = this.addModule("mlp", new Module());
-    this.gate = mlp.addModule("gate_proj", new Linear(d, c.intermediate_size, seed, `${prefix}.gate_proj`, false));
-    this.up = mlp.addModule("up_proj", new Linear(d, c.intermediate_size, seed, `${prefix}.up_proj`, false));
-    this.down = mlp.addModule("down_proj", new Linear(c.intermediate_size, d, seed, `${prefix}.down_proj`, false));
+    this.gate = mlp.addModule("gate_proj", new Projection(d, c.intermediate_size, seed, `${prefix}.gate_proj`, false, bf16));
+    this.up = mlp.addModule("up_proj", new Projection(d, c.intermediate_size, seed, `${prefix}.up_proj`, false, bf16));
+    this.down = mlp.addModule("down_proj", new Projection(c.intermediate_size, d, seed, `${prefix}.down_proj`, false, bf16));
   }
 
   forward(x: Tensor, mask: Tensor | null, cache: LayerCache | null, useCache: boolean, offset: number) {
@@ -82,25 +107,30 @@ class DecoderLayer extends Module {
 
 export class Qwen2Model extends Module implements CausalLM {
   readonly config: Qwen2Config;
-  private readonly embedTokens: Tensor;
+  private readonly embedTokens: Tensor | null = null;
+  private readonly embedSlot: Bf16Slot | null = null;
   private readonly layers: DecoderLayer[] = [];
   private readonly norm: RmsNorm;
-  private readonly lmHead: Tensor; // embed_tokens itself when tied
+  private readonly lmHead: Projection | null; // null when tied to embed_tokens
 
-  constructor(config: Qwen2Config, seed: number) {
+  // `bf16Weights` keeps every projection and embedding weight as frozen packed bf16, for a
+  // pretrained model that is not trained; norms and biases stay f32.
+  constructor(config: Qwen2Config, seed: number, readonly bf16Weights = false) {
     super();
     this.config = config;
     const d = config.hidden_size;
     const model = this.addModule("model", new Module());
-    this.embedTokens = model.addModule("embed_tokens", new Module()).addParameter("weight", [config.vocab_size, d], normal(seed, "embed_tokens"));
+    const embed = model.addModule("embed_tokens", new Module());
+    if (bf16Weights) this.embedSlot = embed.addBf16Weight("weight", config.vocab_size, d);
+    else this.embedTokens = embed.addParameter("weight", [config.vocab_size, d], normal(seed, "embed_tokens"));
     const layers = model.addModule("layers", new Module());
     for (let i = 0; i < config.num_hidden_layers; i++) {
-      this.layers.push(layers.addModule(`${i}`, new DecoderLayer(config, seed, `layers.${i}`)));
+      this.layers.push(layers.addModule(`${i}`, new DecoderLayer(config, seed, `layers.${i}`, bf16Weights)));
     }
     this.norm = model.addModule("norm", new RmsNorm(d, config.rms_norm_eps));
     this.lmHead = config.tie_word_embeddings
-      ? this.embedTokens
-      : this.addModule("lm_head", new Module()).addParameter("weight", [config.vocab_size, d], normal(seed, "lm_head"));
+      ? null
+      : this.addModule("lm_head", new Projection(d, config.vocab_size, seed, "lm_head", false, bf16Weights));
   }
 
   get width(): number {
@@ -116,7 +146,8 @@ export class Qwen2Model extends Module implements CausalLM {
   }
 
   embed(inputIds: Tensor): Tensor {
-    return ops.embedding(inputIds, this.embedTokens);
+    if (this.embedSlot) return ops.embeddingBf16(inputIds, loaded(this.embedSlot));
+    return ops.embedding(inputIds, this.embedTokens!);
   }
 
   forward(inputsEmbeds: Tensor, attentionMask: Tensor | null, cache: LayerCache[] | null = null, useCache = cache !== null): LmOutput {
@@ -132,6 +163,8 @@ export class Qwen2Model extends Module implements CausalLM {
   }
 
   logits(hidden: Tensor): Tensor {
-    return ops.linear(hidden, this.lmHead, null, "out_in");
+    if (this.lmHead) return this.lmHead.forward(hidden);
+    if (this.embedSlot) return ops.linearBf16(hidden, loaded(this.embedSlot), null);
+    return ops.linear(hidden, this.embedTokens!, null, "out_in");
   }
 }

@@ -133,7 +133,8 @@ export async function loadLm(size: SizeConfig, sources: ModelSources): Promise<L
     size.lm.config = gpt2.config;
     lm = gpt2;
   } else {
-    const qwen2 = await loadQwen2(dir);
+    // A frozen Qwen2 keeps its weights in bf16 on the GPU, as the checkpoint stores them.
+    const qwen2 = await loadQwen2(dir, !size.train.train_lm);
     size.lm.config = qwen2.config;
     lm = qwen2;
   }

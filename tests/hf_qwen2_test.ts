@@ -126,3 +126,23 @@ Deno.test("llama-tiny logits with right padding", async () => {
   await checkLogits(model, dir);
   model.dispose();
 });
+
+Deno.test("qwen2 bf16 storage equals f32 on bf16 weights", async () => {
+  // The untied fixture stores bf16 weights, so keeping them packed changes no value: only the
+  // order of f32 accumulation differs between the two matmul kernels.
+  const dir = fixture("qwen2-tiny-untied-bf16");
+  const f32 = await loadQwen2(dir);
+  const bf16 = await loadQwen2(dir, true);
+  const ids = fromArray(new Int32Array([5, 17, 3, 99, 42, 7]), [2, 3], "i32");
+  const mask = fromArray(new Float32Array(6).fill(1), [2, 3]);
+  const run = (m: CausalLM) => noGrad(() => tidy(() => m.logits(m.forward(m.embed(ids), mask).hiddenStates)));
+  const a = run(f32);
+  const b = run(bf16);
+  assertClose(await b.toFloat32(), await a.toFloat32(), 1e-5, 1e-5, "bf16-stored vs f32 logits");
+  const bytes = (m: CausalLM) => m.namedBf16Weights().reduce((s, [, slot]) => s + (slot.weight?.tensor.bytes ?? 0), 0);
+  assert(bytes(bf16) > 0, "the bf16 model must hold packed weights");
+  assert(bf16.parameters().every((p) => p.shape.length === 1), "only norm weights and biases stay f32 parameters");
+  for (const t of [a, b, ids, mask]) t.dispose();
+  f32.dispose();
+  bf16.dispose();
+});
