@@ -17,11 +17,12 @@ export interface TrainStepResult {
   poolBytes: number;
 }
 
-export async function benchTrainStep(sizeName = "T", vocab = 600, steps = 5, warmup = 2): Promise<TrainStepResult> {
+// `batchSize` overrides the size's batch, so the large sizes can be timed on a CPU adapter.
+export async function benchTrainStep(sizeName = "T", batchSize?: number, steps = 5, warmup = 2, vocab = 600): Promise<TrainStepResult> {
   await getRuntime();
   const size = resolveSize(sizeName);
   if (size.lm.config.vocab_size === 0) size.lm.config.vocab_size = vocab;
-  const B = size.train.batch_size;
+  const B = batchSize ?? size.train.batch_size;
   const L = 16;
   const E = size.clip.config.hidden_size;
   const model = new Captioner(size, E);
@@ -63,7 +64,7 @@ export async function benchTrainStep(sizeName = "T", vocab = 600, steps = 5, war
 }
 
 if (import.meta.main) {
-  const r = await benchTrainStep(Deno.args[0] ?? "T");
+  const r = await benchTrainStep(Deno.args[0] ?? "T", Deno.args[1] ? Number(Deno.args[1]) : undefined);
   console.log(
     `${r.name}: ${r.msPerStep.toFixed(1)} ms/step, ${r.samplesPerSecond.toFixed(1)} samples/s, ` +
       `${r.dispatchesPerStep} dispatches and ${r.submitsPerStep} submits per step, pool ${(r.poolBytes / 2 ** 20).toFixed(1)} MiB`,
