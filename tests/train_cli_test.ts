@@ -35,10 +35,10 @@ async function history(dir: string, name: string): Promise<{ epoch: number; trai
 
 Deno.test("train unknown size names the value", async () => {
   const dir = await Deno.makeTempDir();
-  const r = await run("train.ts", ["-C", "x", "-S", "Q"], dir);
+  const r = await run("train.ts", ["-C", "x", "-S", "XL"], dir);
   assert(r.code === 1, `exit code ${r.code}, expected 1`);
-  assert(r.stderr.includes(`unknown size "Q"`), `stderr: ${r.stderr}`);
-  assert(r.stderr.includes("S, L, T"), `the message should list the sizes: ${r.stderr}`);
+  assert(r.stderr.includes(`unknown size "XL"`), `stderr: ${r.stderr}`);
+  assert(r.stderr.includes("S, L, T, Q, TQ"), `the message should list the sizes: ${r.stderr}`);
   assert(r.stderr.trim().split("\n").filter((l) => l.startsWith("error:")).length === 1, "one error line");
   await Deno.remove(dir, { recursive: true });
 });
