@@ -30,6 +30,7 @@ export function getGpu(): Promise<GpuContext> {
 }
 
 async function createContext(): Promise<GpuContext> {
+  ensureRuntimeDir();
   if (!("gpu" in navigator) || !navigator.gpu) throw new NoAdapterError();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new NoAdapterError();
@@ -64,4 +65,17 @@ async function createContext(): Promise<GpuContext> {
     hasTimestamps,
     maxBindingBytes,
   };
+}
+
+// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start when the
+// variable is unset, as in containers and CI. A private directory (mode 0700) avoids the noise.
+function ensureRuntimeDir(): void {
+  if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
+  const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/clip-captioner-runtime-${Deno.uid() ?? "user"}`;
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.env.set("XDG_RUNTIME_DIR", dir);
+  } catch {
+    // Only cosmetic: without the directory the driver prints its warning and works anyway.
+  }
 }
