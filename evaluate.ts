@@ -168,6 +168,13 @@ async function main(): Promise<void> {
 
   const results = usable.map((item) => ({ image_id: cocoId(item.imageId), caption: captions.get(item.imageId)! }));
   await atomicWriteJson(join(outDir, "results.json"), results);
+  // The references in the COCO captions format, so `deno task score results.json
+  // references.json` (or the official COCO tooling) can re-score the results.
+  let annotationId = 0;
+  await atomicWriteJson(join(outDir, "references.json"), {
+    images: usable.map((item) => ({ id: cocoId(item.imageId), file_name: item.imagePath.split("/").pop() })),
+    annotations: usable.flatMap((item) => item.captions.map((caption) => ({ id: ++annotationId, image_id: cocoId(item.imageId), caption }))),
+  });
   await atomicWriteJson(join(outDir, "scores.json"), {
     split: values.split,
     decoding: mode,
@@ -182,7 +189,7 @@ async function main(): Promise<void> {
     visuals.push({ imageId: item.imageId, image: await decodeImageFile(item.imagePath), caption: captions.get(item.imageId)!, references: item.captions });
   }
   const files = await writeVisualisations(outDir, visuals, `clip-captioner: ${values["checkpoint-name"]}, ${values.split} split, ${mode}`);
-  console.log(`wrote ${join(outDir, "results.json")}, ${join(outDir, "scores.json")} and ${files.length - 1} visualisations with ${files.at(-1)}`);
+  console.log(`wrote results.json, references.json, scores.json and ${files.length - 1} visualisations with index.html to ${outDir}`);
 }
 
 // COCO result files use numeric image ids where the dataset has them.

@@ -69,6 +69,19 @@ Deno.test("size S trains and evaluates with --clip and --lm", async () => {
   const evaluated = await run("evaluate.ts", [...common, "--visualisations", "1"], dir, env);
   assert(evaluated.code === 0, `evaluation failed:\n${evaluated.stderr}`);
   assert(evaluated.stdout.includes("CIDEr-D"), `no metrics table:\n${evaluated.stdout}`);
+
+  // The saved results re-score to the same numbers with deno task score.
+  const evalDir = join(dir, "runs", "pre", "eval-test");
+  const scores = JSON.parse(await Deno.readTextFile(join(evalDir, "scores.json")));
+  const rescored = await run("score.ts", [join(evalDir, "results.json"), join(evalDir, "references.json"), "--json", join(dir, "rescored.json")], dir, env);
+  assert(rescored.code === 0, `score failed:\n${rescored.stderr}`);
+  const again = JSON.parse(await Deno.readTextFile(join(dir, "rescored.json")));
+  for (const metric of ["BLEU-4", "ROUGE-L", "CIDEr-D"]) {
+    // The same scorer on the same captions: identical float64 results.
+    assert(again.corpus[metric] === scores.corpus[metric], `${metric}: ${again.corpus[metric]} vs ${scores.corpus[metric]}`);
+  }
+  const pngs = [...Deno.readDirSync(evalDir)].filter((e) => e.name.endsWith(".png"));
+  assert(pngs.length === 1, `expected 1 visualisation, found ${pngs.length}`);
   await Deno.remove(dir, { recursive: true });
 });
 
