@@ -1,6 +1,7 @@
 // Loading Hugging Face model directories (config.json + model.safetensors or shards):
-// CLIPVisionModel, CLIPVisionModelWithProjection, the vision part of CLIPModel, and
-// GPT2LMHeadModel. Tensors stream one at a time from the checkpoint onto the GPU.
+// CLIPVisionModel, CLIPVisionModelWithProjection, the vision part of CLIPModel,
+// GPT2LMHeadModel, Qwen2ForCausalLM and LlamaForCausalLM. Tensors stream one at a time from
+// the checkpoint onto the GPU.
 
 import { join } from "node:path";
 import type { Module } from "../engine/nn.ts";
@@ -95,9 +96,9 @@ export function gpt2ConfigFromHf(config: Json, source: string): Gpt2Config {
   };
 }
 
-// Copies every parameter of `module` from the checkpoint in `dir`. `keyFor` maps a parameter
-// name to the checkpoint key; tensors the model does not use (a CLIP text tower, GPT-2's
-// attention-mask buffers) are ignored, and a missing or misshapen tensor is an error.
+// Copies every parameter and bf16 weight of `module` from the checkpoint in `dir`. `keyFor`
+// maps a parameter name to its candidate checkpoint keys. Tensors the model does not use (a CLIP
+// text tower, GPT-2's attention-mask buffers) are ignored. A missing or misshapen one is an error.
 export async function loadWeights(module: Module, dir: string, keyFor: (name: string) => string[]): Promise<void> {
   const checkpoint = await openCheckpoint(dir);
   try {
