@@ -6,7 +6,7 @@ import { benchSafetensorsMemory } from "./safetensors_memory.ts";
 import { benchTrainStep } from "./train_step.ts";
 
 const metrics = await benchMetrics();
-console.log(`metrics: ${metrics.name}: ${metrics.seconds.toFixed(2)} s (target 10 s, ${(metrics.seconds / 10).toFixed(2)}x)`);
+console.log(`metrics: ${metrics.images} images x ${metrics.referencesPerImage} references: ${metrics.seconds.toFixed(2)} s (target 10 s, ${(metrics.seconds / 10).toFixed(2)}x)`);
 
 const memory = await benchSafetensorsMemory();
 console.log(
