@@ -85,6 +85,49 @@ Deno.test("size S trains and evaluates with --clip and --lm", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
+// A Qwen2ForCausalLM directory in bf16 with random weights for the tiny Qwen2-style tokenizer.
+async function writeTinyQwen2(dir: string): Promise<void> {
+  const d = 32, vocab = 500, inner = 48, heads = 4, kvHeads = 2, headDim = 8;
+  const shapes: [string, number[]][] = [["model.embed_tokens.weight", [vocab, d]], ["model.norm.weight", [d]]];
+  const layer: [string, number[]][] = [
+    ["input_layernorm.weight", [d]], ["post_attention_layernorm.weight", [d]],
+    ["self_attn.q_proj.weight", [heads * headDim, d]], ["self_attn.q_proj.bias", [heads * headDim]],
+    ["self_attn.k_proj.weight", [kvHeads * headDim, d]], ["self_attn.k_proj.bias", [kvHeads * headDim]],
+    ["self_attn.v_proj.weight", [kvHeads * headDim, d]], ["self_attn.v_proj.bias", [kvHeads * headDim]],
+    ["self_attn.o_proj.weight", [d, heads * headDim]],
+    ["mlp.gate_proj.weight", [inner, d]], ["mlp.up_proj.weight", [inner, d]], ["mlp.down_proj.weight", [d, inner]],
+  ];
+  for (const [name, shape] of layer) shapes.push([`model.layers.0.${name}`, shape]);
+  await writeSafetensors(join(dir, "model.safetensors"), shapes.map(([name, shape], i) => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const values = name.endsWith("norm.weight") ? new Float32Array(size).fill(1) : randomNormal(size, 70 + i, 0.05);
+    return { name, dtype: "BF16" as const, shape, data: values };
+  }));
+  await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify({
+    model_type: "qwen2", architectures: ["Qwen2ForCausalLM"], vocab_size: vocab, hidden_size: d, intermediate_size: inner,
+    num_hidden_layers: 1, num_attention_heads: heads, num_key_value_heads: kvHeads, max_position_embeddings: 64,
+    rms_norm_eps: 1e-6, rope_parameters: { rope_theta: 10000, rope_type: "default" }, hidden_act: "silu",
+    tie_word_embeddings: true, bos_token_id: 0, eos_token_id: 0,
+  }));
+  await Deno.copyFile(join(FIXTURES, "tokenizer-qwen2-tiny", "tokenizer.json"), join(dir, "tokenizer.json"));
+}
+
+Deno.test("size Q trains and evaluates with --clip and --lm", async () => {
+  const dir = await Deno.makeTempDir();
+  const lmDir = join(dir, "qwen");
+  await Deno.mkdir(lmDir);
+  await writeTinyQwen2(lmDir);
+  const env = { HF_HOME: join(dir, "hf"), HF_HUB_OFFLINE: "1" };
+  const common = ["-C", "q", "-S", "q", "--clip", join(FIXTURES, "clip-vision-224-tiny"), "--lm", lmDir];
+  const trained = await run("train.ts", [...common, "--epochs", "1", "--max-samples", "32", "--batch-size", "8"], dir, env);
+  assert(trained.code === 0, `training failed:\n${trained.stderr}`);
+  assert(trained.stdout.includes("epoch 1/1: train loss"), `no epoch line:\n${trained.stdout}`);
+  const evaluated = await run("evaluate.ts", [...common, "--visualisations", "0", "--beams", "2"], dir, env);
+  assert(evaluated.code === 0, `evaluation failed:\n${evaluated.stderr}`);
+  assert(evaluated.stdout.includes("beam search (2 beams)"), `the table should name the decoding mode:\n${evaluated.stdout}`);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("size S offline without weights lists what is needed", async () => {
   const dir = await Deno.makeTempDir();
   const r = await run("train.ts", ["-C", "x", "-S", "S"], dir, { HF_HOME: join(dir, "hf"), HF_HUB_OFFLINE: "1" });

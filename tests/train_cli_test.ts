@@ -43,6 +43,16 @@ Deno.test("train unknown size names the value", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train without adapter says how to get one", async () => {
+  const dir = await Deno.makeTempDir();
+  // DX12 does not exist on Linux or macOS, so asking Deno for it leaves no adapter.
+  const r = await run("train.ts", ["-C", "x", "-S", "T"], dir, { DENO_WEBGPU_BACKEND: "dx12" });
+  assert(r.code === 1, `exit code ${r.code}, expected 1`);
+  assert(r.stderr.includes("No WebGPU adapter found"), `stderr: ${r.stderr}`);
+  assert(r.stderr.includes("mesa-vulkan-drivers"), `the message should say how to get an adapter: ${r.stderr}`);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train help and evaluate help", async () => {
   const dir = await Deno.makeTempDir();
   for (const script of ["train.ts", "evaluate.ts"]) {
