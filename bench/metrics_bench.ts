@@ -3,6 +3,7 @@
 // Run: deno run --allow-all bench/metrics_bench.ts
 
 import { scoreCaptions } from "../metrics/mod.ts";
+import { mulberry32 as seededRandom } from "../util/random.ts";
 
 const IMAGE_COUNT = 5000;
 const REFERENCES_PER_IMAGE = 5;
@@ -76,17 +77,6 @@ function buildVocabulary(random: () => number): string[] {
   return [...vocabulary];
 }
 
-/** Deterministic uniform values in [0, 1) from a 32-bit seed (mulberry32). */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Returns a sampler of word ranks with probability proportional to 1 / (rank + 1). */
 function zipfSampler(size: number, random: () => number): () => number {

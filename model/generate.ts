@@ -9,6 +9,7 @@ import { embedding } from "../kernels/embedding.ts";
 import type { Captioner } from "./captioner.ts";
 import type { LayerCache } from "./lm.ts";
 import { scale } from "../kernels/elementwise.ts";
+import { mulberry32 } from "../util/random.ts";
 
 export interface DecodeOptions {
   maxLen: number; // caption tokens, EOS included
@@ -200,15 +201,4 @@ function softmax(values: number[]): number[] {
   const exps = values.map((x) => Math.exp(x - max));
   const sum = exps.reduce((a, b) => a + b, 0);
   return exps.map((e) => e / sum);
-}
-
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
