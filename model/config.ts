@@ -117,6 +117,28 @@ const GPT2: Gpt2Config = {
 
 const GPT2_MEDIUM: Gpt2Config = { ...GPT2, n_embd: 1024, n_layer: 24, n_head: 16 };
 
+// The random CLIP tower and training settings shared by the tiny sizes T and TQ.
+const TINY_CLIP: ClipVisionConfig = {
+  ...CLIP_B32,
+  hidden_size: 96,
+  intermediate_size: 384,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  projection_dim: 96,
+};
+
+const TINY_TRAIN: TrainConfig = {
+  lr: 2e-3,
+  batch_size: 32,
+  epochs: 20,
+  warmup_steps: 40,
+  weight_decay: 0.01,
+  max_grad_norm: 1.0,
+  max_len: 24,
+  train_lm: true,
+  seed: 100,
+};
+
 // Qwen/Qwen2.5-0.5B's config.json values; a loaded checkpoint's own config replaces them.
 const QWEN25_05B: Qwen2Config = {
   model_type: "qwen2",
@@ -177,17 +199,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     name: "T",
     description: "tiny CLIP-style ViT (patch 32) + tiny GPT-2, random weights from a fixed seed, " +
       "word-level vocabulary; for running the whole pipeline on a CPU adapter",
-    clip: {
-      pretrained: null,
-      config: {
-        ...CLIP_B32,
-        hidden_size: 96,
-        intermediate_size: 384,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        projection_dim: 96,
-      },
-    },
+    clip: { pretrained: null, config: TINY_CLIP },
     lm: {
       arch: "gpt2",
       pretrained: null,
@@ -195,17 +207,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
       config: { ...GPT2, vocab_size: 0, n_positions: 64, n_embd: 128, n_layer: 2, n_head: 4, bos_token_id: 0, eos_token_id: 0 },
     },
     mapper: { ep_len: 4, num_layers: 2, n_heads: 4, forward_expansion: 4, dropout: 0.1 },
-    train: {
-      lr: 2e-3,
-      batch_size: 32,
-      epochs: 20,
-      warmup_steps: 40,
-      weight_decay: 0.01,
-      max_grad_norm: 1.0,
-      max_len: 24,
-      train_lm: true,
-      seed: 100,
-    },
+    train: TINY_TRAIN,
   },
   Q: {
     name: "Q",
@@ -229,10 +231,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     name: "TQ",
     description: "size T with a tiny Qwen2-architecture LM (RMSNorm, RoPE, grouped-query attention, SwiGLU) " +
       "in place of GPT-2; for comparing the two architectures on the same data",
-    clip: {
-      pretrained: null,
-      config: { ...CLIP_B32, hidden_size: 96, intermediate_size: 384, num_hidden_layers: 2, num_attention_heads: 4, projection_dim: 96 },
-    },
+    clip: { pretrained: null, config: TINY_CLIP },
     lm: {
       arch: "qwen2",
       pretrained: null,
@@ -257,17 +256,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
       },
     },
     mapper: { ep_len: 4, num_layers: 2, n_heads: 4, forward_expansion: 4, dropout: 0.1 },
-    train: {
-      lr: 2e-3,
-      batch_size: 32,
-      epochs: 20,
-      warmup_steps: 40,
-      weight_decay: 0.01,
-      max_grad_norm: 1.0,
-      max_len: 24,
-      train_lm: true,
-      seed: 100,
-    },
+    train: TINY_TRAIN,
   },
 };
 
