@@ -43,6 +43,8 @@ const BUFFER_BINDING_TYPES: Record<BindingKind, GPUBufferBindingType> = {
 // shapes keep changing, as in decoding with a growing sequence.
 const MAX_CACHED_BIND_GROUPS = 8192;
 const MAX_CACHED_UNIFORMS = 8192;
+// Readback staging buffers kept per byte size; concurrent reads of one size may need a few.
+const MAX_STAGING_PER_SIZE = 4;
 
 export class Runtime {
   readonly device: GPUDevice;
@@ -62,6 +64,7 @@ export class Runtime {
   private bufferIds = new WeakMap<GPUBuffer, number>();
   private nextBufferId = 1;
   private encoder: GPUCommandEncoder | null = null;
+  private stagingBuffers = new Map<number, GPUBuffer[]>();
   private pass: GPUComputePassEncoder | null = null;
   private pendingError: GPUError | null = null;
 
@@ -175,13 +178,19 @@ export class Runtime {
   }
 
   async read(buffer: GPUBuffer, offset = 0, bytes = buffer.size - offset): Promise<ArrayBuffer> {
-    const staging = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    // Staging buffers are reused by size: the loss read every few steps needs no new buffer.
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.stagingBuffers.get(size)?.pop() ??
+      this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     this.copy(buffer, offset, staging, 0, bytes);
     this.flush();
     await staging.mapAsync(GPUMapMode.READ);
-    const copy = staging.getMappedRange().slice(0);
+    const copy = staging.getMappedRange(0, bytes).slice(0);
     staging.unmap();
-    staging.destroy();
+    const free = this.stagingBuffers.get(size) ?? [];
+    if (free.length < MAX_STAGING_PER_SIZE) free.push(staging);
+    else staging.destroy();
+    this.stagingBuffers.set(size, free);
     this.throwPendingError();
     return copy;
   }
