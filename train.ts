@@ -10,6 +10,7 @@ import { AdamW, type AdamWState } from "./kernels/adamw.ts";
 import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
 import { imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { type Sample, train } from "./pipeline/trainer.ts";
+import { rt } from "./engine/runtime.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { buildWordLevelTokenizer, HfTokenizer } from "./data/tokenizer.ts";
 import { collate } from "./data/collate.ts";
@@ -33,6 +34,8 @@ Options:
       --lr X                  peak learning rate (default: the size's value)
       --max-samples N         use only the first N training pairs (quick experiments)
       --log-every N           read the loss back every N steps (default 10)
+      --profile               time every GPU kernel with timestamp queries and print the
+                              slowest at the end (slows training; needs timestamp-query)
   -h, --help                  show this help
 `;
 
@@ -59,6 +62,7 @@ async function main(): Promise<void> {
       lr: { type: "string" },
       "max-samples": { type: "string" },
       "log-every": { type: "string" },
+      profile: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -97,6 +101,7 @@ async function main(): Promise<void> {
   if (maxSamples) trainPairs = trainPairs.slice(0, maxSamples);
   if (trainPairs.length === 0) throw new UsageError(`dataset ${dataset.annotationFile} has no training pairs: check its split field`);
 
+  if (values.profile) Deno.env.set("CLIP_CAPTIONER_PROFILE", "1");
   const adapter = await startGpu();
   const sources = { clipDir: values.clip, lmDir: values.lm };
   const pretrained = await loadLm(size, sources);
@@ -180,12 +185,28 @@ async function main(): Promise<void> {
     },
   });
 
+  if (values.profile) await printProfile();
+
   const first = state.history[0];
   const last = state.history.at(-1)!;
   console.log(
     `done: train loss ${first.trainLoss.toFixed(4)} (epoch ${first.epoch}) -> ${last.trainLoss.toFixed(4)} (epoch ${last.epoch}); ` +
       `best val loss ${state.bestValLoss?.toFixed(4)}; checkpoints in ${join(runDir, "checkpoints")}`,
   );
+}
+
+// Prints the kernels that took the most GPU time, as measured by timestamp queries.
+async function printProfile(): Promise<void> {
+  if (!rt().profiling) {
+    console.log("profile: the adapter has no timestamp-query feature, so kernels were not timed");
+    return;
+  }
+  const report = await rt().profileReport();
+  const total = report.reduce((sum, r) => sum + r.ms, 0);
+  console.log(`profile: ${total.toFixed(0)} ms of GPU time in ${report.reduce((n, r) => n + r.calls, 0)} dispatches`);
+  for (const r of report.slice(0, 15)) {
+    console.log(`  ${r.kernel.padEnd(36)} ${r.ms.toFixed(1).padStart(10)} ms ${(100 * r.ms / total).toFixed(1).padStart(5)}% ${String(r.calls).padStart(8)} calls`);
+  }
 }
 
 // Sets the LM's vocabulary and EOS id from the tokenizer (size T builds both from the captions).
