@@ -21,7 +21,7 @@ const HELP = `Usage: deno task evaluate -C NAME -S SIZE [options]
 
 Captions a data split with the run runs/NAME, prints every generated caption beside its
 references, reports BLEU-1..4, ROUGE-L and CIDEr-D, and writes results and visualisations to
-runs/NAME/eval-SPLIT/.
+runs/NAME/eval-SPLIT-MODE/ (MODE: greedy, beamN or sample).
 
 Options:
   -C, --checkpoint-name NAME  run to evaluate (required)
@@ -30,13 +30,14 @@ Options:
       --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
                               cache, then download)
       --lm DIR                language model directory for sizes S and L (same default)
-      --data PATH             dataset, as for train (default: shipped photos)
+      --data PATH             dataset, as for train (default: the run's training data)
       --split NAME            train, val or test (default test)
       --beams N               beam search with N beams (default 1: greedy)
       --sample                sample instead of greedy decoding
-      --temperature X         sampling temperature (default 1.0)
-      --top-k N               sample from the N most likely tokens (default 50, at most 64)
-      --top-p X               nucleus sampling mass in (0, 1] (default 1.0)
+      --temperature X         sampling temperature, with --sample (default 1.0)
+      --top-k N               with --sample: draw from the N most likely tokens (default 50,
+                              at most 64; 0 means the 64 most likely)
+      --top-p X               with --sample: nucleus mass in (0, 1] (default 1.0)
       --seed N                sampling seed (default 0)
       --max-len N             maximum caption tokens including EOS (default: the run's max_len)
       --visualisations N      number of PNG visualisations (default 5)
@@ -96,6 +97,10 @@ async function main(): Promise<void> {
   const visualisationCount = parseNumber("visualisations", values.visualisations, (n) => Number.isInteger(n) && n >= 0, "a non-negative integer") ?? 5;
   const batchSize = parseNumber("batch-size", values["batch-size"], positiveInt, "a positive integer") ?? 32;
   if (values.sample && beams > 1) throw new UsageError("--sample and --beams > 1 exclude each other: choose one decoding mode");
+  const samplingOptions = ["temperature", "top-k", "top-p", "seed"].filter((name) => values[name as "seed"] !== undefined);
+  if (!values.sample && samplingOptions.length > 0) {
+    console.warn(`warning: --${samplingOptions.join(", --")} only apply with --sample; decoding is ${beams > 1 ? "beam search" : "greedy"}`);
+  }
 
   const runDir = runDirFor(values["checkpoint-name"]);
   const dir = await checkpointDir(runDir, values.checkpoint as "best" | "last");
@@ -111,9 +116,15 @@ async function main(): Promise<void> {
   if (savedConfig.lm) size.lm = savedConfig.lm;
   const maxLen = parseNumber("max-len", values["max-len"], positiveInt, "a positive integer") ?? savedConfig.train?.max_len ?? size.train.max_len;
 
-  const dataset = values.data ? await loadDataset(values.data) : await loadDefaultDataset();
+  // Default to the data the run was trained on.
+  const savedData = (saved.config as { data?: string | null }).data ?? undefined;
+  const dataPath = values.data ?? savedData;
+  const dataset = dataPath ? await loadDataset(dataPath) : await loadDefaultDataset();
   const items = dataset.items.filter((item) => item.split === values.split);
-  if (items.length === 0) throw new UsageError(`dataset ${dataset.annotationFile} has no images in split "${values.split}"`);
+  if (items.length === 0) {
+    const splits = [...new Set(dataset.items.map((item) => item.split))].join(", ");
+    throw new UsageError(`dataset ${dataset.annotationFile} has no images in split "${values.split}"; it has ${splits}: pass --split with one of them`);
+  }
 
   const adapter = await startGpu();
   console.log(`WebGPU adapter: ${adapter}`);
@@ -149,6 +160,7 @@ async function main(): Promise<void> {
       topK,
       topP,
       seed: seed + i,
+      suppressTokens: unknownTokenId(tokenizer),
     });
     chunk.forEach((item, k) => captions.set(item.imageId, tokenizer.decode(ids[k])));
     bar.update(chunk.length);
@@ -162,8 +174,15 @@ async function main(): Promise<void> {
 
   const references = new Map(usable.map((item) => [item.imageId, item.captions]));
   const scores = scoreCaptions(captions, references);
-  const outDir = join(runDir, `eval-${values.split}`);
+  // One folder per split and decoding mode, so greedy, beam and sampled results sit side by side.
+  let modeName = "greedy";
+  if (values.sample) modeName = "sample";
+  else if (beams > 1) modeName = `beam${beams}`;
+  const outDir = join(runDir, `eval-${values.split}-${modeName}`);
   await Deno.mkdir(outDir, { recursive: true });
+  for (const entry of Deno.readDirSync(outDir)) {
+    if (entry.name.startsWith("caption_") && entry.name.endsWith(".png")) await Deno.remove(join(outDir, entry.name));
+  }
   console.log("\n" + formatMetricsTable(scores.corpus, `${values.split} split, ${usable.length} images, ${mode}`));
 
   const results = usable.map((item) => ({ image_id: cocoId(item.imageId), caption: captions.get(item.imageId)! }));
@@ -190,6 +209,14 @@ async function main(): Promise<void> {
   }
   const files = await writeVisualisations(outDir, visuals, `clip-captioner: ${values["checkpoint-name"]}, ${values.split} split, ${mode}`);
   console.log(`wrote results.json, references.json, scores.json and ${files.length - 1} visualisations with index.html to ${outDir}`);
+}
+
+// A word-level tokenizer's unknown-word token, which decoding should never produce.
+function unknownTokenId(tokenizer: HfTokenizer): number[] {
+  const model = (tokenizer.tokenizerJson as { model: { unk_token?: string | null; vocab: unknown } }).model;
+  if (!model.unk_token || Array.isArray(model.vocab)) return [];
+  const id = (model.vocab as Record<string, number>)[model.unk_token];
+  return id === undefined ? [] : [id];
 }
 
 // COCO result files use numeric image ids where the dataset has them.

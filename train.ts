@@ -2,7 +2,7 @@
 // pairs, resuming the run runs/NAME when it exists.
 
 import { parseArgs } from "node:util";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { resolveSize, type SizeConfig } from "./model/config.ts";
 import { Captioner } from "./model/captioner.ts";
 import type { Module } from "./engine/nn.ts";
@@ -27,6 +27,8 @@ Options:
       --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
                               cache, then download)
       --lm DIR                language model directory for sizes S and L (same default)
+      --val-data PATH         validation data when --data has no "val" split (a COCO
+                              captions_val*.json, say); default: the val split of --data
       --data PATH             dataset: a directory with captions.json, a COCO captions_*.json,
                               a ClipCap list or a Karpathy split file (default: shipped photos)
       --epochs N              number of epochs (default: the size's value)
@@ -55,6 +57,7 @@ async function main(): Promise<void> {
       "checkpoint-name": { type: "string", short: "C" },
       size: { type: "string", short: "S" },
       data: { type: "string" },
+      "val-data": { type: "string" },
       clip: { type: "string" },
       lm: { type: "string" },
       epochs: { type: "string" },
@@ -83,6 +86,64 @@ async function main(): Promise<void> {
   const maxSamples = parsePositive("max-samples", values["max-samples"]);
   const logEvery = parsePositive("log-every", values["log-every"]) ?? 10;
 
+  const unlock = await lockRun(runDir);
+  try {
+    await trainRun(values, runDir, size, maxSamples, logEvery);
+  } finally {
+    unlock();
+  }
+}
+
+// Takes runs/NAME/.lock so two processes never train the same run; a lock left by a process
+// that no longer exists (killed with SIGKILL, say) is taken over. Ctrl-C and SIGTERM release it
+// and say how to resume.
+async function lockRun(runDir: string): Promise<() => void> {
+  await Deno.mkdir(runDir, { recursive: true });
+  const path = join(runDir, ".lock");
+  try {
+    await Deno.writeTextFile(path, String(Deno.pid), { createNew: true });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    const owner = Number(await Deno.readTextFile(path).catch(() => "0"));
+    const alive = owner > 0 && owner !== Deno.pid && await Deno.stat(`/proc/${owner}`).then(() => true, () => false);
+    if (alive) throw new UsageError(`run ${runDir} is being trained by process ${owner}; wait for it to finish or choose another -C name`);
+    await Deno.writeTextFile(path, String(Deno.pid));
+  }
+  const release = () => {
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // Already gone: nothing to release.
+    }
+  };
+  const interrupted = () => {
+    release();
+    console.error(`\ninterrupted: ${runDir} keeps its last complete checkpoint; run the same command again to resume`);
+    Deno.exit(130);
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, interrupted);
+  return () => {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.removeSignalListener(signal, interrupted);
+    release();
+  };
+}
+
+interface RunOptions {
+  data?: string;
+  "val-data"?: string;
+  clip?: string;
+  lm?: string;
+  profile?: boolean;
+}
+
+async function trainRun(
+  values: RunOptions,
+  runDir: string,
+  size: SizeConfig,
+  maxSamples: number | undefined,
+  logEvery: number,
+): Promise<void> {
+  const t = size.train;
   // Resume: the last complete checkpoint decides the size and the tokenizer.
   const resumeDir = await checkpointDir(runDir, "last");
   const resumed = resumeDir ? await loadCheckpoint(resumeDir) : null;
@@ -95,11 +156,32 @@ async function main(): Promise<void> {
     }
   }
 
-  const dataset = values.data ? await loadDataset(values.data) : await loadDefaultDataset();
+  // A resumed run keeps the data it was started with unless --data names other data.
+  const saved = resumed?.config as { data?: string | null; val_data?: string | null } | undefined;
+  const dataPath = values.data ?? saved?.data ?? undefined;
+  const valDataPath = values["val-data"] ?? saved?.val_data ?? undefined;
+  if (resumed && values.data && saved?.data !== undefined && resolve(values.data) !== saved.data) {
+    console.warn(`warning: ${runDir} was trained on ${saved.data ?? "the shipped data"}; continuing on ${values.data}`);
+  }
+  const dataset = dataPath ? await loadDataset(dataPath) : await loadDefaultDataset();
+  const valDataset = valDataPath ? await loadDataset(valDataPath) : dataset;
   let trainPairs: Sample[] = dataset.pairs("train").map((p) => ({ imageId: p.imageId, caption: p.caption }));
-  const valPairs: Sample[] = dataset.pairs("val").map((p) => ({ imageId: p.imageId, caption: p.caption }));
+  let valSource = valDataset.pairs("val");
+  if (valDataPath && valSource.length === 0) valSource = valDataset.pairs();
+  const valPairs: Sample[] = valSource.map((p) => ({ imageId: p.imageId, caption: p.caption }));
   if (maxSamples) trainPairs = trainPairs.slice(0, maxSamples);
-  if (trainPairs.length === 0) throw new UsageError(`dataset ${dataset.annotationFile} has no training pairs: check its split field`);
+  if (trainPairs.length === 0) {
+    throw new UsageError(
+      `dataset ${dataset.annotationFile} has no training pairs: COCO and ClipCap files take their split from the file ` +
+        `name ("train", "val" or "test" in it), captions.json from each image's "split"; pass a training file with --data`,
+    );
+  }
+  if (valPairs.length === 0) {
+    console.warn(
+      `warning: ${valDataset.annotationFile} has no validation pairs, so the best checkpoint follows the training loss; ` +
+        `pass --val-data FILE (a COCO captions_val*.json, for instance) to validate`,
+    );
+  }
 
   if (values.profile) Deno.env.set("CLIP_CAPTIONER_PROFILE", "1");
   const adapter = await startGpu();
@@ -114,8 +196,17 @@ async function main(): Promise<void> {
   console.log(`WebGPU adapter: ${adapter}`);
   console.log(`data: ${dataset.annotationFile}: ${trainPairs.length} training pairs, ${valPairs.length} validation pairs; vocabulary ${tokenizer.vocabSize}`);
 
+  const maxTokens = size.mapper.ep_len + t.max_len;
+  if (maxTokens > (pretrained.lm?.maxPositions ?? Infinity)) {
+    throw new UsageError(`ep_len ${size.mapper.ep_len} + max_len ${t.max_len} = ${maxTokens} positions exceed the LM's ${pretrained.lm!.maxPositions}; use an LM with more positions`);
+  }
+
   const loadedClip = await loadClip(size, sources);
-  const items = dataset.items.filter((item) => item.split === "train" || item.split === "val");
+  const valIds = new Set(valPairs.map((p) => p.imageId));
+  const items = [
+    ...dataset.items.filter((item) => item.split === "train" || (valDataset === dataset && valIds.has(item.imageId))),
+    ...(valDataset === dataset ? [] : valDataset.items.filter((item) => valIds.has(item.imageId))),
+  ];
   const { embeddings, summary } = await imageEmbeddings(loadedClip, items);
   loadedClip.clip.dispose();
   if (summary.skipped.length > 0) console.log(`skipped ${summary.skipped.length} unreadable images (see warnings above)`);
@@ -167,15 +258,17 @@ async function main(): Promise<void> {
         `epoch ${result.epoch}/${t.epochs}: train loss ${result.trainLoss.toFixed(4)}, val loss ${result.valLoss.toFixed(4)}, ` +
           `${result.seconds.toFixed(1)} s, ${result.samplesPerSecond.toFixed(1)} samples/s`,
       );
-      const improved = state.bestValLoss === null || result.valLoss < state.bestValLoss;
+      // Without validation data the training loss decides which checkpoint is best.
+      const score = Number.isNaN(result.valLoss) ? result.trainLoss : result.valLoss;
+      const improved = state.bestValLoss === null || score < state.bestValLoss;
       state = {
         epoch: result.epoch,
         globalStep,
-        bestValLoss: improved ? result.valLoss : state.bestValLoss,
+        bestValLoss: improved ? score : state.bestValLoss,
         history: [...state.history, { epoch: result.epoch, trainLoss: result.trainLoss, valLoss: result.valLoss }],
       };
       const dir = await saveCheckpoint(runDir, {
-        config: runConfig(size),
+        config: { ...runConfig(size), data: dataPath ? resolve(dataPath) : null, val_data: valDataPath ? resolve(valDataPath) : null },
         model: await hostTensors(params),
         optimizer: optimizerStateToHost(await optimizer.state(), params.map(([name]) => name)),
         trainerState: state,

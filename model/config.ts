@@ -127,10 +127,12 @@ const TINY_CLIP: ClipVisionConfig = {
   projection_dim: 96,
 };
 
+// Validation loss bottoms out around epoch 7 on the shipped data, so 10 epochs keep the best
+// checkpoint and stop before the model only memorises the 645 training captions.
 const TINY_TRAIN: TrainConfig = {
   lr: 2e-3,
   batch_size: 32,
-  epochs: 20,
+  epochs: 10,
   warmup_steps: 40,
   weight_decay: 0.01,
   max_grad_norm: 1.0,

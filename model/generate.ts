@@ -6,6 +6,7 @@ import { noGrad } from "../engine/autograd.ts";
 import { fromArray, type Tensor, tidy } from "../engine/tensor.ts";
 import { argmaxRows, logSoftmaxRows, topkRows } from "../kernels/reduce.ts";
 import { embedding } from "../kernels/embedding.ts";
+import { copyBlock } from "../kernels/copy.ts";
 import type { Captioner } from "./captioner.ts";
 import type { LayerCache } from "./lm.ts";
 import { scale } from "../kernels/elementwise.ts";
@@ -20,6 +21,8 @@ export interface DecodeOptions {
   topP?: number;
   sample?: boolean;
   seed?: number;
+  // Token ids never generated, e.g. a word-level tokenizer's unknown-word token.
+  suppressTokens?: number[];
 }
 
 // Candidates read back per row when sampling; top-p only looks inside this many tokens.
@@ -49,6 +52,7 @@ async function stepwise(model: Captioner, imgEmb: Float32Array, count: number, o
   let state = noGrad(() => tidy(() => model.startDecoding(fromArray(imgEmb, [count, width]), seed)));
   try {
     for (let step = 0; step < options.maxLen; step++) {
+      suppressTokens(state.logits, options.suppressTokens);
       const next = await pickTokens(state.logits, count, options, random);
       for (let b = 0; b < count; b++) {
         if (done[b]) continue;
@@ -130,6 +134,7 @@ async function beamSearch(model: Captioner, imgEmb: Float32Array, options: Decod
   try {
     for (let step = 0; step < options.maxLen; step++) {
       const rows = beams.length;
+      suppressTokens(state.logits, options.suppressTokens);
       const { values, indices } = tidy(() => topkRows(logSoftmaxRows(state.logits), Math.min(K, state.logits.shape[1])));
       const v = await values.toFloat32();
       const ix = await indices.toArray();
@@ -176,6 +181,19 @@ async function beamSearch(model: Captioner, imgEmb: Float32Array, options: Decod
   }
   finished.sort((a, b) => b.score - a.score);
   return finished[0]?.tokens ?? beams[0].tokens;
+}
+
+// Sets the logits of suppressed tokens to -inf in every row of (B, V) logits, in place.
+function suppressTokens(logits: Tensor, ids: number[] | undefined): void {
+  if (!ids || ids.length === 0) return;
+  const [rows, vocab] = logits.shape;
+  tidy(() => {
+    const negativeInfinity = fromArray(new Float32Array([-Infinity]), [1]);
+    for (const id of ids) {
+      if (id < 0 || id >= vocab) continue;
+      copyBlock(negativeInfinity, logits, { Z: rows, R: 1, C: 1, srcZ: 0, srcR: 0, dstOffset: id, dstZ: vocab, dstR: 0 });
+    }
+  });
 }
 
 // Picks cache rows by parent beam: every (T, D) sequence is one row of the gather.

@@ -34,9 +34,15 @@ export async function runCli(main: () => Promise<void>): Promise<void> {
   try {
     await main();
   } catch (error) {
-    if (error instanceof Error && (USER_ERRORS.has(error.name) || error.name === "TypeError" && error.message.startsWith("Unknown option"))) {
-      const hint = error.name === "TypeError" ? "; see --help" : "";
-      console.error(`error: ${error.message}${hint}`);
+    // node:util parseArgs raises TypeErrors with ERR_PARSE_ARGS_* codes for bad command lines.
+    const code = (error as { code?: unknown }).code;
+    const argumentError = typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
+    if (error instanceof Error && (USER_ERRORS.has(error.name) || argumentError)) {
+      let message = error.message;
+      if (argumentError && message.includes("argument is ambiguous")) {
+        message = message.split(".")[0] + ": write negative values as --option=-1";
+      }
+      console.error(`error: ${message}${argumentError ? "; see --help" : ""}`);
       Deno.exit(1);
     }
     throw error;

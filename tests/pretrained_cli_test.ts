@@ -71,7 +71,7 @@ Deno.test("size S trains and evaluates with --clip and --lm", async () => {
   assert(evaluated.stdout.includes("CIDEr-D"), `no metrics table:\n${evaluated.stdout}`);
 
   // The saved results re-score to the same numbers with deno task score.
-  const evalDir = join(dir, "runs", "pre", "eval-test");
+  const evalDir = join(dir, "runs", "pre", "eval-test-greedy");
   const scores = JSON.parse(await Deno.readTextFile(join(evalDir, "scores.json")));
   const rescored = await run("score.ts", [join(evalDir, "results.json"), join(evalDir, "references.json"), "--json", join(dir, "rescored.json")], dir, env);
   assert(rescored.code === 0, `score failed:\n${rescored.stderr}`);

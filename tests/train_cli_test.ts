@@ -53,6 +53,18 @@ Deno.test("train without adapter says how to get one", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train refuses a run in use", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(join(dir, "runs", "busy"), { recursive: true });
+  // This test process is alive, so its pid marks the run as taken.
+  await Deno.writeTextFile(join(dir, "runs", "busy", ".lock"), String(Deno.pid));
+  const r = await run("train.ts", ["-C", "busy", ...QUICK], dir);
+  assert(r.code === 1, `exit code ${r.code}, expected 1`);
+  assert(r.stderr.includes(`is being trained by process ${Deno.pid}`), `stderr: ${r.stderr}`);
+  assert(await Deno.readTextFile(join(dir, "runs", "busy", ".lock")) === String(Deno.pid), "the other process's lock must stay");
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train help and evaluate help", async () => {
   const dir = await Deno.makeTempDir();
   for (const script of ["train.ts", "evaluate.ts"]) {
