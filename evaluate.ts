@@ -8,7 +8,7 @@ import { Captioner } from "./model/captioner.ts";
 import { generate } from "./model/generate.ts";
 import { checkpointDir, loadCheckpoint } from "./io/checkpoint.ts";
 import { atomicWriteJson } from "./io/atomic.ts";
-import { imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { checkPretrainedSources, imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { writeVisualisations } from "./pipeline/visualize.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
 import { HfTokenizer } from "./data/tokenizer.ts";
@@ -27,9 +27,9 @@ Options:
   -C, --checkpoint-name NAME  run to evaluate (required)
   -S, --size SIZE             model size the run was trained with: S, L, T, Q or TQ (required)
       --checkpoint WHICH      best or last (default best)
-      --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
-                              cache, then download)
-      --lm DIR                language model directory for sizes S and L (same default)
+      --clip DIR              CLIP model directory for sizes S, L and Q (default: the Hugging
+                              Face cache, then a download into it)
+      --lm DIR                language model directory for sizes S, L and Q (same default)
       --data PATH             dataset, as for train (default: the run's training data)
       --split NAME            train, val or test (default test)
       --beams N               beam search with N beams (default 1: greedy)
@@ -129,6 +129,7 @@ async function main(): Promise<void> {
   const adapter = await startGpu();
   console.log(`WebGPU adapter: ${adapter}`);
   const sources = { clipDir: values.clip, lmDir: values.lm };
+  await checkPretrainedSources(size, sources);
   const loadedClip = await loadClip(size, sources);
   const { embeddings, summary } = await imageEmbeddings(loadedClip, items);
   loadedClip.clip.dispose();
@@ -208,7 +209,8 @@ async function main(): Promise<void> {
     visuals.push({ imageId: item.imageId, image: await decodeImageFile(item.imagePath), caption: captions.get(item.imageId)!, references: item.captions });
   }
   const files = await writeVisualisations(outDir, visuals, `clip-captioner: ${values["checkpoint-name"]}, ${values.split} split, ${mode}`);
-  console.log(`wrote results.json, references.json, scores.json and ${files.length - 1} visualisations with index.html to ${outDir}`);
+  const count = files.length - 1;
+  console.log(`wrote results.json, references.json, scores.json and ${count} visualisation${count === 1 ? "" : "s"} with index.html to ${outDir}`);
 }
 
 // A word-level tokenizer's unknown-word token, which decoding should never produce.

@@ -8,7 +8,7 @@ import { Captioner } from "./model/captioner.ts";
 import type { Module } from "./engine/nn.ts";
 import { AdamW, type AdamWState } from "./kernels/adamw.ts";
 import { checkpointDir, type HostTensor, loadCheckpoint, saveCheckpoint, type TrainerState } from "./io/checkpoint.ts";
-import { imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
+import { checkPretrainedSources, imageEmbeddings, loadClip, loadLm, runCli, runDirFor, startGpu, UsageError } from "./pipeline/run.ts";
 import { type Sample, train } from "./pipeline/trainer.ts";
 import { rt } from "./engine/runtime.ts";
 import { loadDataset, loadDefaultDataset } from "./data/dataset.ts";
@@ -24,9 +24,9 @@ checkpoint, training resumes from the last complete one.
 Options:
   -C, --checkpoint-name NAME  run name; checkpoints go to runs/NAME (required)
   -S, --size SIZE             model size: S, L, T, Q or TQ, case-insensitive (required)
-      --clip DIR              CLIP model directory for sizes S and L (default: Hugging Face
-                              cache, then download)
-      --lm DIR                language model directory for sizes S and L (same default)
+      --clip DIR              CLIP model directory for sizes S, L and Q (default: the Hugging
+                              Face cache, then a download into it)
+      --lm DIR                language model directory for sizes S, L and Q (same default)
       --val-data PATH         validation data when --data has no "val" split (a COCO
                               captions_val*.json, say); default: the val split of --data
       --data PATH             dataset: a directory with captions.json, a COCO captions_*.json,
@@ -186,6 +186,7 @@ async function trainRun(
   if (values.profile) Deno.env.set("CLIP_CAPTIONER_PROFILE", "1");
   const adapter = await startGpu();
   const sources = { clipDir: values.clip, lmDir: values.lm };
+  await checkPretrainedSources(size, sources);
   const pretrained = await loadLm(size, sources);
   let tokenizer: HfTokenizer;
   if (resumed?.tokenizer) tokenizer = new HfTokenizer(resumed.tokenizer.json as never, resumed.tokenizer.config);

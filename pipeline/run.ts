@@ -73,6 +73,26 @@ export interface ModelSources {
   lmDir?: string;
 }
 
+// Finds both pretrained models before anything is loaded, so a user missing both hears about
+// both in one error instead of one per run.
+export async function checkPretrainedSources(size: SizeConfig, sources: ModelSources): Promise<void> {
+  const problems: string[] = [];
+  const attempts: [string | null, string[], string | undefined, string][] = [
+    [size.clip.pretrained, ["config.json", "model.safetensors"], sources.clipDir, "--clip"],
+    [size.lm.pretrained, ["config.json", "model.safetensors", "tokenizer.json"], sources.lmDir, "--lm"],
+  ];
+  for (const [repo, files, explicitDir, dirOption] of attempts) {
+    if (repo === null) continue;
+    try {
+      await resolveModelDir(repo, { files, explicitDir, dirOption });
+    } catch (error) {
+      if (!(error instanceof Error) || error.name !== "ModelFilesError") throw error;
+      problems.push(error.message);
+    }
+  }
+  if (problems.length > 0) throw new UsageError(problems.join("\nerror: "));
+}
+
 export interface LoadedClip {
   clip: ClipVisionModel;
   key: string; // identifies the weights, so cached embeddings follow them

@@ -132,11 +132,16 @@ Deno.test("size S offline without weights lists what is needed", async () => {
   const dir = await Deno.makeTempDir();
   const r = await run("train.ts", ["-C", "x", "-S", "S"], dir, { HF_HOME: join(dir, "hf"), HF_HUB_OFFLINE: "1" });
   assert(r.code === 1, `exit code ${r.code}, expected 1`);
-  const line = r.stderr.split("\n").find((l) => l.startsWith("error: model")) ?? "";
-  assert(line.includes("gpt2"), `the error should name the model: ${r.stderr}`);
-  assert(line.includes("config.json"), `the error should list config.json: ${line}`);
-  assert(line.includes("model.safetensors"), `the error should list model.safetensors: ${line}`);
-  assert(line.includes("--lm"), `the error should name the --lm option: ${line}`);
-  assert(line.includes(join(dir, "hf", "hub")), `the error should name the cache path: ${line}`);
+  // One error line per missing model, both reported by the same run.
+  const lines = r.stderr.split("\n");
+  const lm = lines.find((l) => l.startsWith("error: model gpt2 ")) ?? "";
+  const clip = lines.find((l) => l.startsWith("error: model openai/clip-vit-base-patch32 ")) ?? "";
+  assert(lm !== "", `the error should name the LM: ${r.stderr}`);
+  assert(clip !== "", `the error should name the CLIP model too: ${r.stderr}`);
+  assert(lm.includes("config.json"), `the error should list config.json: ${lm}`);
+  assert(lm.includes("model.safetensors"), `the error should list model.safetensors: ${lm}`);
+  assert(lm.includes("--lm"), `the error should name the --lm option: ${lm}`);
+  assert(clip.includes("--clip"), `the error should name the --clip option: ${clip}`);
+  assert(lm.includes(join(dir, "hf", "hub")), `the error should name the cache path: ${lm}`);
   await Deno.remove(dir, { recursive: true });
 });
