@@ -214,6 +214,7 @@ async function trainRun(
   const usable = (p: Sample) => embeddings.has(p.imageId);
   trainPairs = trainPairs.filter(usable);
   const val = valPairs.filter(usable);
+  if (summary.skipped.length > 0) console.log(`using ${trainPairs.length} training and ${val.length} validation pairs with readable images`);
 
   const model = new Captioner(size, size.clip.config.hidden_size, pretrained.lm ?? undefined);
   const params = model.trainableParameters();

@@ -91,7 +91,8 @@ export async function train(o: TrainerOptions): Promise<void> {
         pendingSteps++;
         o.onStep?.(globalStep, pool.allocatedBytes);
 
-        if (pendingSteps === o.logEvery || step === stepsPerEpoch - 1) {
+        // The first step of an epoch is read too, so the bar shows a loss from the start.
+        if (pendingSteps === o.logEvery || step === 0 || step === stepsPerEpoch - 1) {
           const total = (await lossSum.toFloat32())[0];
           fillInto(lossSum, 0);
           lastLoss = total / pendingSteps;
