@@ -117,6 +117,19 @@ const GPT2: Gpt2Config = {
 
 const GPT2_MEDIUM: Gpt2Config = { ...GPT2, n_embd: 1024, n_layer: 24, n_head: 16 };
 
+// Training settings of size S, which Q shares: only the mapper trains.
+const S_TRAIN: TrainConfig = {
+  lr: 3e-3,
+  batch_size: 64,
+  epochs: 150,
+  warmup_steps: 6000,
+  weight_decay: 0.01,
+  max_grad_norm: 1.0,
+  max_len: 40,
+  train_lm: false,
+  seed: 100,
+};
+
 // The random CLIP tower and training settings shared by the tiny sizes T and TQ.
 const TINY_CLIP: ClipVisionConfig = {
   ...CLIP_B32,
@@ -167,17 +180,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     clip: { pretrained: "openai/clip-vit-base-patch32", config: CLIP_B32 },
     lm: { arch: "gpt2", pretrained: "gpt2", config: GPT2 },
     mapper: { ep_len: 4, num_layers: 6, n_heads: 16, forward_expansion: 4, dropout: 0.1 },
-    train: {
-      lr: 3e-3,
-      batch_size: 64,
-      epochs: 150,
-      warmup_steps: 6000,
-      weight_decay: 0.01,
-      max_grad_norm: 1.0,
-      max_len: 40,
-      train_lm: false,
-      seed: 100,
-    },
+    train: S_TRAIN,
   },
   L: {
     name: "L",
@@ -217,17 +220,7 @@ export const SIZES: Record<SizeConfig["name"], SizeConfig> = {
     clip: { pretrained: "openai/clip-vit-base-patch32", config: CLIP_B32 },
     lm: { arch: "qwen2", pretrained: "Qwen/Qwen2.5-0.5B", config: QWEN25_05B },
     mapper: { ep_len: 4, num_layers: 6, n_heads: 16, forward_expansion: 4, dropout: 0.1 },
-    train: {
-      lr: 3e-3,
-      batch_size: 64,
-      epochs: 150,
-      warmup_steps: 6000,
-      weight_decay: 0.01,
-      max_grad_norm: 1.0,
-      max_len: 40,
-      train_lm: false,
-      seed: 100,
-    },
+    train: S_TRAIN,
   },
   TQ: {
     name: "TQ",
