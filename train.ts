@@ -94,9 +94,9 @@ async function main(): Promise<void> {
   }
 }
 
-// Takes runs/NAME/.lock so two processes never train the same run; a lock left by a process
+// Takes runs/NAME/.lock so two processes never train the same run. A lock left by a process
 // that no longer exists (killed with SIGKILL, say) is taken over. Ctrl-C and SIGTERM release it
-// and say how to resume.
+// and print how to resume.
 async function lockRun(runDir: string): Promise<() => void> {
   await Deno.mkdir(runDir, { recursive: true });
   const path = join(runDir, ".lock");

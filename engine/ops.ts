@@ -32,8 +32,8 @@ function rows(t: Tensor): number {
   return t.size / t.shape[t.shape.length - 1];
 }
 
-// x @ W (+ b) over the last dimension of x. `layout` says how W is stored: "out_in" is
-// PyTorch nn.Linear (out_features x in_features); "in_out" is GPT-2's Conv1D.
+// x @ W (+ b) over the last dimension of x. `layout` is how W is stored: "out_in" is
+// PyTorch nn.Linear (out_features x in_features), and "in_out" is GPT-2's Conv1D.
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null, layout: "out_in" | "in_out"): Tensor {
   const transB = layout === "out_in";
   const inFeatures = x.shape[x.shape.length - 1];
@@ -50,7 +50,9 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null, layout: "
     // dx = g W (out_in) or g W^T (in_out)
     const dx = needsGrad(x) ? matmul(g2, weight, { transB: !transB }).view([...x.shape]) : null;
     // dW = g^T x (out_in, shape out x in) or x^T g (in_out, shape in x out)
-    const dw = weight.requiresGrad ? (transB ? matmul(g2, x2, { transA: true }) : matmul(x2, g2, { transA: true })) : null;
+    let dw: Tensor | null = null;
+    if (weight.requiresGrad && transB) dw = matmul(g2, x2, { transA: true });
+    else if (weight.requiresGrad) dw = matmul(x2, g2, { transA: true });
     const db = bias?.requiresGrad ? sumRows(g2) : null;
     return bias ? [dx, dw, db] : [dx, dw];
   });
@@ -60,7 +62,10 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null, layout: "
 export function add(a: Tensor, b: Tensor): Tensor {
   const y = ew.add(a, b);
   return record(y, [a, b], (g) => {
-    const db = !needsGrad(b) ? null : b.size === a.size ? g : sumRows(g.view([a.size / b.size, b.size])).view([...b.shape]);
+    // A broadcast b receives the gradient summed over the rows it was added to.
+    let db: Tensor | null = null;
+    if (needsGrad(b) && b.size === a.size) db = g;
+    else if (needsGrad(b)) db = sumRows(g.view([a.size / b.size, b.size])).view([...b.shape]);
     return [g, db];
   });
 }
@@ -150,8 +155,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   });
 }
 
-// Attention reading q, k and v from one fused (B, T, 3 * H * Dh) projection without copying;
-// the gradient comes back in the same fused layout.
+// Attention reading q, k and v from one fused (B, T, 3 * H * Dh) projection without copying.
+// The gradient comes back in the same fused layout.
 export function attentionPacked(qkv: Tensor, options: AttentionOptions): Tensor {
   const { q, k, v } = splitPackedQkv(qkv);
   const { out, probs } = attentionKernel({ q, k, v, ...options });

@@ -1,5 +1,5 @@
 // The captioning model: mapper + causal LM, trained ClipCap-style. The mapper turns a CLIP
-// embedding into ep_len prefix embeddings; the LM reads [prefix, caption tokens] and is trained
+// embedding into ep_len prefix embeddings. The LM reads [prefix, caption tokens] and is trained
 // with next-token cross-entropy on the caption tokens only.
 
 import * as ops from "../engine/ops.ts";

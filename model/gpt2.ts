@@ -36,8 +36,8 @@ class Gpt2Block extends Module {
     this.mlpProj = mlp.addModule("c_proj", new Conv1D(inner, d, seed, `${prefix}.mlp.c_proj`, projStd));
   }
 
-  // With `useCache`, keys and values of earlier positions come from `cache` and the returned
-  // cache covers every position so far; without it, attention reads the fused projection.
+  // With `useCache`, keys and values of earlier positions come from `cache`, and the returned
+  // cache covers every position so far. Without it, attention reads the fused projection.
   forward(x: Tensor, attentionMask: Tensor | null, cache: LayerCache | null, useCache: boolean): { out: Tensor; cache: LayerCache | null } {
     const d = this.config.n_embd;
     const h = this.ln1.forward(x);

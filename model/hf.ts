@@ -163,16 +163,19 @@ export function qwen2ConfigFromHf(config: Json, source: string): Qwen2Config {
   if (type !== "qwen2" && type !== "llama") {
     throw new ModelConfigError(`${source}: model_type "${type}" is not Qwen2 or Llama; expected "qwen2" or "llama"`);
   }
+
   const act = field<string>(config, "hidden_act", source, "silu");
   if (act !== "silu") throw new ModelConfigError(`${source}: hidden_act "${act}" is not supported; Qwen2 and Llama use silu`);
   const rope = config.rope_parameters as { rope_theta?: number; rope_type?: string } | undefined;
   const ropeType = rope?.rope_type ?? (config.rope_scaling as { rope_type?: string } | null | undefined)?.rope_type ?? "default";
   if (ropeType !== "default") throw new ModelConfigError(`${source}: rope_type "${ropeType}" is not supported; only default RoPE is`);
+
   const heads = field<number>(config, "num_attention_heads", source);
   const hidden = field<number>(config, "hidden_size", source);
   const eos = config.eos_token_id;
   const eosId = Array.isArray(eos) ? eos[0] as number : eos as number | undefined;
   if (eosId === undefined || eosId === null) throw new ModelConfigError(`${source}: config.json has no eos_token_id`);
+
   return {
     model_type: type,
     vocab_size: field(config, "vocab_size", source),

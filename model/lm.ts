@@ -1,4 +1,5 @@
-// What the captioner needs from a causal language model; GPT-2 and Qwen2/Llama implement it.
+// The interface the captioner needs from a causal language model. GPT-2 and Qwen2/Llama
+// implement it.
 
 import type { Module } from "../engine/nn.ts";
 import type { Tensor } from "../engine/tensor.ts";

@@ -3,7 +3,7 @@
 // produces ep_len prefix embeddings of the LM's width.
 //
 // The CLIP embedding enters as a sequence of one token per image, so self-attention reduces to
-// the value and output projections; that keeps every image independent of its batch.
+// the value and output projections. That keeps every image independent of its batch.
 // NOTE: dropout on the attention probabilities is not applied; dropout after attention, inside
 // the feed-forward block and after it is.
 

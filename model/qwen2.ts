@@ -1,7 +1,7 @@
 // Qwen2 and Llama causal language models (Hugging Face Qwen2ForCausalLM, LlamaForCausalLM).
 // Parameter names are the checkpoint keys: "model.layers.0.self_attn.q_proj.weight", ...
-// The two architectures differ only in flags: Qwen2 has biases on q/k/v, Llama has none
-// (unless attention_bias); lm_head is tied to embed_tokens when tie_word_embeddings is set.
+// The two architectures differ only in flags. Qwen2 has biases on q/k/v and Llama has none
+// unless attention_bias is set. lm_head is tied to embed_tokens when tie_word_embeddings is set.
 
 import { type Bf16Slot, Module } from "../engine/nn.ts";
 import * as ops from "../engine/ops.ts";

@@ -66,8 +66,8 @@ export async function startGpu(): Promise<string> {
   }
 }
 
-// Where pretrained weights come from: --clip DIR and --lm DIR, else the Hugging Face cache,
-// else a download into it.
+// Sources of pretrained weights: --clip DIR and --lm DIR, else the Hugging Face cache, else a
+// download into it.
 export interface ModelSources {
   clipDir?: string;
   lmDir?: string;

@@ -56,8 +56,8 @@ for (const frozenW1 of [false, true]) {
       b1: finiteDifferences((v) => f(x, w1, v, w2), b1),
       w2: finiteDifferences((v) => f(x, w1, b1, v), w2),
     };
-    // Finite differences of the float64 reference are exact to ~1e-8 away from relu's kink;
-    // the GPU computes in f32, so 1e-4 covers its rounding over sums of at most 11 terms.
+    // Finite differences of the float64 reference are exact to ~1e-8 away from relu's kink.
+    // The GPU computes in f32, so 1e-4 covers its rounding over sums of at most 11 terms.
     assertClose(await tx.grad!.toFloat32(), expected.x, 1e-4, 1e-4, "dx");
     assertClose(await tb1.grad!.toFloat32(), expected.b1, 1e-4, 1e-4, "db1");
     assertClose(await tw2.grad!.toFloat32(), expected.w2, 1e-4, 1e-4, "dW2");
